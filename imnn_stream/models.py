@@ -1,0 +1,126 @@
+"""Built-in stax-like models: ``(init(rng, input_shape) -> (output_shape, w), apply(w, x))``.
+
+``apply`` takes one input ``float(input_shape)`` or a batch ``float(n, *input_shape)``
+and returns ``float(n_summaries)`` / ``float(n, n_summaries)``. Weights are plain
+pytrees (lists of (W, b) tuples), so any pytree-aware optimiser works on them.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["mlp", "cnn", "from_spec"]
+
+
+def _glorot(key, shape, fan_in, fan_out):
+    return jax.random.normal(key, shape) * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def _leaky_relu(x):
+    return jnp.where(x > 0, x, 0.01 * x)
+
+
+def mlp(hidden=(128, 128), n_summaries=2):
+    """Fully connected network: flatten → [Dense → LeakyReLU]* → Dense(n_summaries).
+
+    Glorot-normal weights and N(0, 1e-6²) biases, as stax's ``Dense``.
+    """
+    widths = tuple(int(h) for h in hidden) + (int(n_summaries),)
+
+    def init(rng, input_shape):
+        n_in = int(math.prod(input_shape))
+        w = []
+        for width in widths:
+            rng, k1, k2 = jax.random.split(rng, 3)
+            w.append((_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,))))
+            n_in = width
+        return (widths[-1],), w
+
+    def apply(w, x):
+        n_in = w[0][0].shape[0]
+        batch_shape = x.shape[: x.ndim - _input_ndim(x, n_in)]
+        h = x.reshape(batch_shape + (n_in,))
+        for i, (W, b) in enumerate(w):
+            h = h @ W + b
+            if i < len(w) - 1:
+                h = _leaky_relu(h)
+        return h
+
+    return init, apply
+
+
+def _input_ndim(x, n_in):
+    """Number of trailing axes of x that form one input of n_in values."""
+    size = 1
+    for k in range(x.ndim):
+        size *= x.shape[x.ndim - 1 - k]
+        if size == n_in:
+            return k + 1
+    raise ValueError(f"input of shape {x.shape} does not end in {n_in} values")
+
+
+def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
+    """Small CNN for 2-D fields: [Conv(k×k, stride 2) → LeakyReLU]* → flatten →
+    Dense(dense) → LeakyReLU → Dense(n_summaries). Input float(H, W) (one channel)
+    or float(H, W, C) with C > 1, single or batched.
+    """
+    channels = tuple(int(c) for c in channels)
+
+    def init(rng, input_shape):
+        shape = tuple(input_shape) + ((1,) if len(input_shape) == 2 else ())
+        H, W, C = shape
+        w = []
+        for c in channels:
+            rng, k1, k2 = jax.random.split(rng, 3)
+            fan_in, fan_out = kernel * kernel * C, kernel * kernel * c
+            w.append((_glorot(k1, (kernel, kernel, C, c), fan_in, fan_out), 1e-6 * jax.random.normal(k2, (c,))))
+            H, W, C = -(-H // 2), -(-W // 2), c
+        n_in = H * W * C
+        for width in (int(dense), int(n_summaries)):
+            rng, k1, k2 = jax.random.split(rng, 3)
+            w.append((_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,))))
+            n_in = width
+        return (int(n_summaries),), w
+
+    def apply(w, x):
+        in_ch = w[0][0].shape[2]
+        # single-channel fields are float(H, W); several channels float(H, W, C)
+        single = x.ndim == (2 if in_ch == 1 else 3)
+        h = x[None] if single else x
+        if in_ch == 1:
+            h = h[..., None]
+        for W, b in w[: len(channels)]:
+            h = jax.lax.conv_general_dilated(h, W, (2, 2), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+            h = _leaky_relu(h)
+        h = h.reshape(h.shape[0], -1)
+        (W1, b1), (W2, b2) = w[len(channels):]
+        h = _leaky_relu(h @ W1 + b1) @ W2 + b2
+        return h[0] if single else h
+
+    return init, apply
+
+
+def from_spec(spec: str, n_summaries: int):
+    """Model from a command-line spec.
+
+    ``mlp:128,128`` · ``cnn:8,16`` (conv channels; dense width 64) ·
+    ``package.module:function`` (a factory called as ``function(n_summaries)``
+    returning ``(init, apply)``).
+    """
+    name, _, args = spec.partition(":")
+    numbers = [int(a) for a in args.split(",") if a] if name in ("mlp", "cnn") else None
+    if name == "mlp":
+        return mlp(numbers or (128, 128), n_summaries)
+    if name == "cnn":
+        return cnn(numbers or (8, 16), n_summaries=n_summaries)
+    if not args:
+        raise ValueError(f"model spec {spec!r}: expected 'mlp:W1,W2', 'cnn:C1,C2' or 'module:function'")
+    try:
+        factory = getattr(importlib.import_module(name), args)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"model spec {spec!r}: cannot import {args!r} from {name!r}: {e}") from e
+    return factory(n_summaries)
