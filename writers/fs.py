@@ -1,0 +1,191 @@
+"""The one file-system layer: local paths and URLs (gs://, s3://, ...).
+
+Local paths use the operating system directly (fast, and ``os.replace``
+gives an atomic rename).  URLs go through Apache Beam's ``FileSystems``:
+Beam is already a dependency (the generation jobs run on it), it ships
+gs:// and s3:// support with the ``[gcp,aws]`` extras, and its pipeline
+options are exactly how those jobs are pointed at a bucket, an emulator
+(``--no_auth`` with ``STORAGE_EMULATOR_HOST``) or an S3-compatible endpoint
+(``--s3_endpoint_url``).  fsspec would need gcsfs/s3fs on top and a second
+way of configuring credentials.
+
+Configure URL access once per process with :func:`configure` (a list of
+Beam-style flags), or with the environment variable
+``IMNN_STREAM_FS_OPTIONS`` (the same flags, shell-quoted), which also
+reaches subprocesses such as the command line tool.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import re
+import shlex
+import tempfile
+import uuid
+from typing import Iterator
+
+from .errors import MissingFileError, WriteError
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_configured = False
+TEMP_MARKER = ".tmp-"
+
+
+def is_url(path: str) -> bool:
+    return bool(_URL.match(str(path)))
+
+
+def join(root: str, *parts: str) -> str:
+    """Join with '/' for URLs and os.path.join for local paths."""
+    root = str(root)
+    if is_url(root):
+        return posixpath.join(root.rstrip("/") + "/", *parts)
+    return os.path.join(root, *parts)
+
+
+def configure(flags=None) -> None:
+    """Set Beam file-system options, e.g. ``["--no_auth"]`` or
+    ``["--s3_endpoint_url=http://127.0.0.1:5000"]``.  Also accepts a
+    PipelineOptions.  ``None`` re-reads ``IMNN_STREAM_FS_OPTIONS``."""
+    global _configured
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+    if flags is None:
+        flags = shlex.split(os.environ.get("IMNN_STREAM_FS_OPTIONS", ""))
+    opts = flags if isinstance(flags, PipelineOptions) else PipelineOptions(list(flags))
+    FileSystems.set_options(opts)
+    _configured = True
+
+
+def _beam():
+    from apache_beam.io.filesystems import FileSystems
+    if not _configured:
+        configure(None)
+    return FileSystems
+
+
+def _uncompressed():
+    from apache_beam.io.filesystem import CompressionTypes
+    return CompressionTypes.UNCOMPRESSED
+
+
+def exists(path: str) -> bool:
+    if is_url(path):
+        return _beam().exists(path)
+    return os.path.exists(path)
+
+
+def size(path: str) -> int:
+    """Size in bytes; MissingFileError when absent."""
+    if is_url(path):
+        fs = _beam()
+        try:
+            result = fs.match([path])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError for missing buckets
+            raise MissingFileError(f"cannot stat: {e}", path) from None
+        if not result:
+            raise MissingFileError("file does not exist", path)
+        return result[0].size_in_bytes
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        raise MissingFileError("file does not exist", path) from None
+
+
+def open_read(path: str, buffer_size: int = 1 << 20):
+    """Binary file object for reading; MissingFileError when absent."""
+    if is_url(path):
+        fs = _beam()
+        if not fs.exists(path):
+            raise MissingFileError("file does not exist", path)
+        return fs.open(path, compression_type=_uncompressed())
+    try:
+        return open(path, "rb", buffering=buffer_size)
+    except FileNotFoundError:
+        raise MissingFileError("file does not exist", path) from None
+    except IsADirectoryError:
+        raise MissingFileError("is a directory, not a file", path) from None
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def list_files(root: str) -> list[str]:
+    """All files below ``root`` as sorted paths relative to it ('/'-separated)."""
+    if is_url(root):
+        fs = _beam()
+        base = root.rstrip("/") + "/"
+        try:
+            metas = fs.match([base + "**"])[0].metadata_list
+        except Exception:
+            return []
+        return sorted(m.path[len(base):] for m in metas if m.path.startswith(base))
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            out.append(rel.replace(os.sep, "/"))
+    return sorted(out)
+
+
+def delete(path: str) -> None:
+    if is_url(path):
+        _beam().delete([path])
+    else:
+        os.remove(path)
+
+
+class _Discard(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[io.BufferedIOBase]:
+    """Write ``path`` so that it appears under its name only when complete.
+
+    Local: writes ``.<name>.tmp-<random>`` beside it and ``os.replace``s it
+    on success; on an exception the temporary file is removed and an
+    existing file at ``path`` is untouched.  URL: the bytes are spooled to a
+    local temporary file and uploaded under the final name only after the
+    ``with`` block succeeds (object stores publish an object when its upload
+    completes).  Errors opening or writing become :class:`WriteError`.
+    """
+    if is_url(path):
+        spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+        try:
+            yield spool
+            spool.seek(0)
+            try:
+                with _beam().create(path, compression_type=_uncompressed()) as out:
+                    while chunk := spool.read(8 << 20):
+                        out.write(chunk)
+            except Exception as e:
+                raise WriteError(f"cannot upload: {type(e).__name__}: {e}", path) from e
+        finally:
+            spool.close()
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+        f = open(tmp, "wb", buffering=1 << 20)
+    except OSError as e:
+        raise WriteError(f"cannot write: {e.strerror or e}", path) from e
+    try:
+        with f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_writer(path) as f:
+        f.write(data)

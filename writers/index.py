@@ -1,0 +1,71 @@
+"""Per-record Parquet index beside the manifest (``index.parquet``).
+
+One row per record: ``split, kind, seed, derivative, parameter, file,
+record, offset, length`` (derivative/parameter −1 where absent; ``record``
+is the 0-based position in ``file``; ``offset``/``length`` locate the framed
+record in bytes), so tools can find any simulation without scanning the
+archive.
+"""
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import fs
+from .schema import record_seed
+from .tfrecord import iter_records
+
+COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record",
+           "offset", "length")
+
+
+def scan_file(path: str) -> list[tuple]:
+    """``(seed, derivative, parameter, offset, length)`` per record of a file."""
+    out = []
+    with fs.open_read(path) as f:
+        for offset, raw in iter_records(f, path, check_crc=False, with_offsets=True):
+            seed, sign, parameter = record_seed(raw)
+            out.append((seed, -1 if sign is None else sign,
+                        -1 if parameter is None else parameter, offset, len(raw) + 16))
+    return out
+
+
+def build_table(root: str, manifest) -> pa.Table:
+    """The index as a pyarrow Table (scans files whose entries were not
+    gathered while writing)."""
+    cols = {c: [] for c in COLUMNS}
+    for split in manifest.layout:
+        for kind in manifest.layout[split]:
+            for f in manifest.files(split, kind):
+                entries = manifest._records.get(f["path"])
+                if entries is None:
+                    entries = scan_file(fs.join(root, f["path"]))
+                for r, (seed, sign, parameter, offset, length) in enumerate(entries):
+                    for c, v in zip(COLUMNS, (split, kind, seed, sign, parameter, f["path"],
+                                              r, offset, length)):
+                        cols[c].append(v)
+    schema = pa.schema([("split", pa.string()), ("kind", pa.string()),
+                        ("seed", pa.int64()), ("derivative", pa.int8()),
+                        ("parameter", pa.int32()), ("file", pa.string()),
+                        ("record", pa.int64()), ("offset", pa.int64()),
+                        ("length", pa.int64())])
+    return pa.table(cols, schema=schema)
+
+
+def write_index(root: str, manifest) -> str:
+    """Write ``root/index.parquet`` atomically; returns its path."""
+    from .manifest import INDEX_NAME
+    table = build_table(root, manifest)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path = fs.join(root, INDEX_NAME)
+    fs.write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_index(root: str) -> pa.Table:
+    """The archive's index as a pyarrow Table."""
+    from .manifest import INDEX_NAME
+    return pq.read_table(io.BytesIO(fs.read_bytes(fs.join(root, INDEX_NAME))))

@@ -1,0 +1,348 @@
+"""The archive manifest: ``manifest.json`` at the archive root.
+
+Schema (version 1)::
+
+    {
+      "version": 1,
+      "format": "imnn-stream-archive",
+      "mode": "numerical" | "gradient" | "fiducial",
+      "theta_fid": [float] * n_params,          # fiducial parameters θ_fid
+      "delta_theta": [float] * n_params | null, # finite-difference widths δθ
+                                                # (records at θ_fid ∓ δθ/2)
+      "n_params": int, "n_s": int, "n_d": int,
+      "input_shape": [int, ...], "dtype": "float32" | "float64" | "float16",
+      "simulator": {"name": str | null, "config": {...}},
+      "rng": {"jax": str, "jaxlib": str, "prng_impl": str},
+      "base_seeds": {"train": int, "validation": int},   # seed i of split s:
+                     # jax.random.fold_in(jax.random.PRNGKey(base_seeds[s]), i)
+      "splits": ["train", ...],
+      "n_devices": int,                # device count the layout was written for
+      "records_per_shard": int, "max_bytes": int | null,
+      "record_format": "imnn-stream" | "imnn-0.3",  # imnn-0.3: adopted legacy
+      "index": "index.parquet" | null,  # per-record index beside the manifest
+      "layout": {split: {kind: {
+          "first_seed": int, "n_seeds": int, "records_per_seed": int,
+          "finite_difference": bool, "gradient": bool,
+          "devices": [{"device": d, "first_seed": int, "last_seed": int,
+                       "files": [{"path", "count", "first_seed", "last_seed",
+                                  "bytes", "sha256"}, ...]}, ...]}}}
+    }
+
+The manifest is written last: it is the commit marker, and only the files it
+lists belong to the archive.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from . import fs
+from .errors import ArchiveError, MissingFileError
+from .layout import MODES, SPLITS, KindInfo, ShardSpec, device_seeds, kinds
+from .schema import SUPPORTED_DTYPES, RecordSpec
+from .shard import FileMeta
+
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.parquet"
+VERSION = 1
+FORMAT = "imnn-stream-archive"
+
+
+@dataclass
+class Manifest:
+    """In-memory manifest; see the module docstring for the JSON schema."""
+    mode: str
+    theta_fid: list
+    delta_theta: Optional[list]
+    n_params: int
+    n_s: int
+    n_d: int
+    input_shape: list
+    dtype: str = "float32"
+    simulator: dict = field(default_factory=lambda: {"name": None, "config": {}})
+    rng: dict = field(default_factory=dict)
+    base_seeds: dict = field(default_factory=dict)
+    splits: list = field(default_factory=lambda: ["train"])
+    n_devices: int = 1
+    records_per_shard: int = 0
+    max_bytes: Optional[int] = None
+    record_format: str = "imnn-stream"
+    index: Optional[str] = None
+    layout: dict = field(default_factory=dict)
+    version: int = VERSION
+    format: str = FORMAT
+    # Per-file record index entries gathered while writing (not serialised).
+    _records: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ------------------------------------------------------------ accessors
+    def kind_info(self, split: str, kind: str) -> KindInfo:
+        try:
+            k = self.layout[split][kind]
+        except KeyError:
+            raise ArchiveError(f"archive has no kind {kind!r} in split {split!r} "
+                               f"(has {sorted(self.layout.get(split, {}))})",
+                               MANIFEST_NAME) from None
+        return KindInfo(kind, k["first_seed"], k["n_seeds"], k["records_per_seed"],
+                        k.get("finite_difference", False), k.get("gradient", False))
+
+    def kinds(self, split: str) -> list[str]:
+        if split not in self.layout:
+            raise ArchiveError(f"archive has no split {split!r} (has {list(self.layout)})",
+                               MANIFEST_NAME)
+        return list(self.layout[split])
+
+    def record_spec(self, split: str, kind: str) -> RecordSpec:
+        """Shapes and features of the records of one kind."""
+        info = self.kind_info(split, kind)
+        return RecordSpec(tuple(self.input_shape), self.dtype, self.n_params,
+                          info.finite_difference, info.gradient)
+
+    def files(self, split: str, kind: str) -> list[dict]:
+        """The kind's files in seed order (all devices concatenated)."""
+        return [f for d in self.layout[split][kind]["devices"] for f in d["files"]]
+
+    def all_files(self) -> list[dict]:
+        return [f for s in self.layout for k in self.layout[s] for f in self.files(s, k)]
+
+    # ------------------------------------------------------------ building
+    def add_file(self, spec: ShardSpec, meta: FileMeta) -> None:
+        """Record a written file in the layout (keeps files in path order)."""
+        devices = self.layout[spec.split][spec.kind]["devices"]
+        if spec.n_devices != len(devices):
+            raise ArchiveError(f"shard planned for {spec.n_devices} devices, manifest has "
+                               f"{len(devices)}", meta.path)
+        files = devices[spec.device]["files"]
+        files[:] = [f for f in files if f["path"] != meta.path] + [meta.to_json()]
+        files.sort(key=lambda f: f["path"])
+        if meta.records is not None:
+            self._records[meta.path] = meta.records
+
+    # ------------------------------------------------------------ JSON
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("_records")
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, d: dict, path: str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(d, dict):
+            raise ArchiveError("manifest is not a JSON object", path)
+        if d.get("format") != FORMAT:
+            raise ArchiveError(f"format: expected {FORMAT!r}, got {d.get('format')!r}", path)
+        if d.get("version") != VERSION:
+            raise ArchiveError(f"version: expected {VERSION}, got {d.get('version')!r}", path)
+        names = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
+        missing = sorted(n for n in names if n not in d)
+        if missing:
+            raise ArchiveError(f"missing fields {missing}", path)
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ArchiveError(f"unknown fields {unknown}", path)
+        return cls(**{k: d[k] for k in names})
+
+
+def jax_versions(prng_impl: Optional[str] = None) -> dict:
+    """Versions of jax/jaxlib and the default PRNG implementation in use."""
+    import jax
+    import jaxlib
+    impl = prng_impl or str(jax.config.jax_default_prng_impl)
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "prng_impl": impl}
+
+
+def new_manifest(mode: str, theta_fid, delta_theta, n_s: int, n_d: int, input_shape,
+                 dtype: str = "float32", simulator: Optional[str] = None,
+                 simulator_config: Optional[dict] = None, base_seeds: Optional[dict] = None,
+                 splits=SPLITS, n_devices: int = 1, records_per_shard: int = 1000,
+                 max_bytes: Optional[int] = None, rng: Optional[dict] = None,
+                 record_format: str = "imnn-stream") -> Manifest:
+    """A manifest with an empty per-device layout for every split and kind.
+
+    theta_fid, delta_theta: length-n_params sequences (delta_theta required
+    for numerical mode, optional otherwise); base_seeds: {split: int},
+    defaulting to train 0, validation 1 (they must differ).
+    """
+    theta_fid = [float(t) for t in theta_fid]
+    n_params = len(theta_fid)
+    if delta_theta is not None:
+        delta_theta = [float(t) for t in delta_theta]
+    base_seeds = dict(base_seeds or {})
+    for i, s in enumerate(splits):
+        base_seeds.setdefault(s, i)
+    base_seeds = {s: int(base_seeds[s]) for s in splits}
+    m = Manifest(mode=mode, theta_fid=theta_fid, delta_theta=delta_theta, n_params=n_params,
+                 n_s=int(n_s), n_d=int(n_d), input_shape=[int(x) for x in input_shape],
+                 dtype=str(dtype), simulator={"name": simulator,
+                                              "config": dict(simulator_config or {})},
+                 rng=rng if rng is not None else jax_versions(), base_seeds=base_seeds,
+                 splits=list(splits), n_devices=int(n_devices),
+                 records_per_shard=int(records_per_shard), max_bytes=max_bytes,
+                 record_format=record_format)
+    for split in splits:
+        m.layout[split] = {}
+        for info in kinds(mode, m.n_s, m.n_d, n_params):
+            devices = []
+            for d in range(n_devices):
+                a, b = device_seeds(info, n_devices, d)
+                devices.append({"device": d, "first_seed": a, "last_seed": b - 1,
+                                "files": []})
+            m.layout[split][info.kind] = {
+                "first_seed": info.first_seed, "n_seeds": info.n_seeds,
+                "records_per_seed": info.records_per_seed,
+                "finite_difference": info.finite_difference, "gradient": info.gradient,
+                "devices": devices}
+    errors = consistency_errors(m, require_files=False)
+    if errors:
+        raise ArchiveError("; ".join(errors), MANIFEST_NAME)
+    return m
+
+
+def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
+    """Schema and internal-consistency problems of a manifest (empty if none)."""
+    e = []
+
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if m.mode not in MODES:
+        e.append(f"mode: expected one of {MODES}, got {m.mode!r}")
+        return e
+    for name in ("n_params", "n_s", "n_d", "n_devices"):
+        if not is_int(getattr(m, name)):
+            e.append(f"{name}: expected an integer, got {getattr(m, name)!r}")
+    if e:
+        return e
+    if not isinstance(m.theta_fid, list) or len(m.theta_fid) != m.n_params:
+        e.append(f"theta_fid: expected {m.n_params} values, got {m.theta_fid!r}")
+    if m.mode == "numerical" and (not isinstance(m.delta_theta, list)
+                                  or len(m.delta_theta) != m.n_params):
+        e.append(f"delta_theta: numerical mode needs {m.n_params} values, "
+                 f"got {m.delta_theta!r}")
+    elif m.delta_theta is not None and (not isinstance(m.delta_theta, list)
+                                        or len(m.delta_theta) != m.n_params):
+        e.append(f"delta_theta: expected {m.n_params} values or null, got {m.delta_theta!r}")
+    if not (isinstance(m.input_shape, list) and all(is_int(x) and x > 0
+                                                    for x in m.input_shape)):
+        e.append(f"input_shape: expected a list of positive integers, got {m.input_shape!r}")
+    if m.dtype not in SUPPORTED_DTYPES:
+        e.append(f"dtype: expected one of {SUPPORTED_DTYPES}, got {m.dtype!r}")
+    if not set(m.splits) <= set(SPLITS) or not m.splits:
+        e.append(f"splits: expected a non-empty subset of {SPLITS}, got {m.splits!r}")
+    if set(m.layout) != set(m.splits):
+        e.append(f"layout: splits {sorted(m.layout)} differ from splits {sorted(m.splits)}")
+    if set(m.base_seeds) != set(m.splits) or not all(is_int(v)
+                                                     for v in m.base_seeds.values()):
+        e.append(f"base_seeds: expected an integer for each of {m.splits}, "
+                 f"got {m.base_seeds!r}")
+    elif len(set(m.base_seeds.values())) != len(m.base_seeds):
+        e.append(f"base_seeds: splits must use different seeds, got {m.base_seeds!r}")
+    if e:
+        return e
+    try:
+        expected = {k.kind: k for k in kinds(m.mode, m.n_s, m.n_d, m.n_params)}
+    except ArchiveError as err:
+        return [str(err)]
+    if m.record_format == "imnn-0.3" and m.mode == "gradient":
+        # Adopted reference archives keep their fiducial/derivative files.
+        expected = {"fiducial": KindInfo("fiducial", 0, m.n_s, 1),
+                    "derivative": KindInfo("derivative", 0, m.n_d, 1, gradient=True)}
+    for split in m.splits:
+        layout = m.layout[split]
+        if set(layout) != set(expected):
+            e.append(f"layout.{split}: kinds {sorted(layout)}, expected "
+                     f"{sorted(expected)} for mode {m.mode!r}")
+            continue
+        for kind, info in expected.items():
+            k = layout[kind]
+            where = f"layout.{split}.{kind}"
+            for key, want in (("first_seed", info.first_seed), ("n_seeds", info.n_seeds),
+                              ("records_per_seed", info.records_per_seed)):
+                if k.get(key) != want:
+                    e.append(f"{where}.{key}: expected {want}, got {k.get(key)!r}")
+            devices = k.get("devices", [])
+            if not devices:
+                e.append(f"{where}.devices: empty")
+                continue
+            next_seed = info.first_seed
+            for d, dev in enumerate(devices):
+                dw = f"{where}.devices[{d}]"
+                if dev.get("device") != d:
+                    e.append(f"{dw}.device: expected {d}, got {dev.get('device')!r}")
+                if dev.get("first_seed") != next_seed:
+                    e.append(f"{dw}.first_seed: expected {next_seed} (contiguous with the "
+                             f"previous device), got {dev.get('first_seed')!r}")
+                last = dev.get("last_seed")
+                if not is_int(last) or not is_int(dev.get("first_seed")):
+                    e.append(f"{dw}: seeds must be integers")
+                    break
+                files = dev.get("files", [])
+                if require_files and not files:
+                    e.append(f"{dw}.files: no files for seeds {dev['first_seed']}..{last}")
+                fseed = dev["first_seed"]
+                for j, f in enumerate(files):
+                    fw = f"{dw}.files[{j}] ({f.get('path')})"
+                    missing = [x for x in ("path", "count", "first_seed", "last_seed",
+                                           "bytes", "sha256") if x not in f]
+                    if missing:
+                        e.append(f"{fw}: missing {missing}")
+                        continue
+                    if f["first_seed"] != fseed:
+                        e.append(f"{fw}.first_seed: expected {fseed}, got {f['first_seed']}")
+                    n = (f["last_seed"] - f["first_seed"] + 1) * info.records_per_seed
+                    if f["count"] != n:
+                        e.append(f"{fw}.count: seeds {f['first_seed']}..{f['last_seed']} need "
+                                 f"{n} records, manifest says {f['count']}")
+                    fseed = f["last_seed"] + 1
+                if files and fseed != last + 1:
+                    e.append(f"{dw}: files end at seed {fseed - 1}, device ends at {last}")
+                next_seed = last + 1
+            if next_seed != info.first_seed + info.n_seeds:
+                e.append(f"{where}: devices cover seeds {info.first_seed}..{next_seed - 1}, "
+                         f"expected {info.first_seed}..{info.first_seed + info.n_seeds - 1}")
+    return e
+
+
+def write_manifest(root: str, manifest: Manifest, write_index: bool = True) -> str:
+    """Check ``manifest`` and write it (and the Parquet index) under ``root``.
+
+    The index is written first and the manifest last: the manifest is the
+    commit marker.  Raises :class:`ArchiveError` on an inconsistent
+    manifest without writing anything.  Returns the manifest's path.
+    """
+    errors = consistency_errors(manifest)
+    if errors:
+        raise ArchiveError("refusing to write an inconsistent manifest: " + "; ".join(errors),
+                           fs.join(root, MANIFEST_NAME))
+    if write_index:
+        from .index import write_index as _write_index
+        _write_index(root, manifest)
+        manifest.index = INDEX_NAME
+    path = fs.join(root, MANIFEST_NAME)
+    fs.write_bytes(path, manifest.dumps().encode())
+    return path
+
+
+def read_manifest(root: str) -> Manifest:
+    """Read and check ``root/manifest.json``.
+
+    Raises MissingFileError when there is none and ArchiveError (naming the
+    manifest) when it is not valid JSON, not our schema, or inconsistent.
+    """
+    path = fs.join(root, MANIFEST_NAME)
+    if not fs.exists(path):
+        if not fs.exists(root) and not fs.is_url(root):
+            raise MissingFileError("archive directory does not exist", str(root))
+        raise MissingFileError("no manifest (not an archive, or its writing never "
+                               "finished)", path)
+    try:
+        d = json.loads(fs.read_bytes(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArchiveError(f"not valid JSON: {err}", path) from None
+    m = Manifest.from_json(d, path)
+    errors = consistency_errors(m)
+    if errors:
+        raise ArchiveError("inconsistent manifest: " + "; ".join(errors), path)
+    return m

@@ -1,0 +1,96 @@
+"""Write one shard file from an iterator of serialised records."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Optional, Union
+
+from . import fs
+from .errors import ArchiveError
+from .layout import ShardSpec
+from .schema import record_seed
+from .tfrecord import frame
+
+
+@dataclass
+class FileMeta:
+    """Metadata of one written file (JSON-able via :meth:`to_json`).
+
+    path: relative to the archive root; count: records; first_seed /
+    last_seed: seeds of the first and last record; bytes: file size;
+    sha256: hex digest of the file's bytes.  ``records`` holds, per record,
+    ``(seed, derivative, parameter, offset, length)`` (derivative/parameter
+    -1 when absent; offset/length of the framed record in bytes) for the
+    Parquet index; it is not stored in the manifest.
+    """
+    path: str
+    count: int
+    first_seed: int
+    last_seed: int
+    bytes: int
+    sha256: str
+    records: Optional[list] = field(default=None, repr=False, compare=False)
+
+    def to_json(self, include_records: bool = False) -> dict:
+        d = asdict(self)
+        if not include_records:
+            d.pop("records")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FileMeta":
+        keys = ("path", "count", "first_seed", "last_seed", "bytes", "sha256", "records")
+        return cls(**{k: d[k] for k in keys if k in d})
+
+
+def write_shard(root: str, spec_or_relpath: Union[ShardSpec, str],
+                records: Iterable[bytes]) -> FileMeta:
+    """Write ``records`` (serialised tf.train.Examples) as one TFRecord file.
+
+    The file is written under a temporary name and renamed (local) or
+    uploaded (object stores) only when complete, so an interrupted write
+    never leaves a half-file under the final name.  With a
+    :class:`ShardSpec` the record count and seed range are checked before
+    the file is committed; a mismatch raises :class:`ArchiveError` and
+    leaves nothing behind.  Returns the file's :class:`FileMeta`.
+    """
+    if isinstance(spec_or_relpath, ShardSpec):
+        spec, relpath = spec_or_relpath, spec_or_relpath.path
+    else:
+        spec, relpath = None, str(spec_or_relpath)
+    path = fs.join(root, relpath)
+    digest = hashlib.sha256()
+    index = []
+    offset = 0
+    with fs.atomic_writer(path) as f:
+        for i, raw in enumerate(records):
+            seed, sign, parameter = record_seed(raw)
+            if seed is None:
+                raise ArchiveError("record has no int64 'seed' feature", relpath, i)
+            if spec is not None and not spec.first_seed <= seed <= spec.last_seed:
+                raise ArchiveError(f"seed {seed} outside the shard's range "
+                                   f"{spec.first_seed}..{spec.last_seed}", relpath, i)
+            framed = frame(raw)
+            f.write(framed)
+            digest.update(framed)
+            index.append((seed, -1 if sign is None else sign,
+                          -1 if parameter is None else parameter, offset, len(framed)))
+            offset += len(framed)
+        if not index:
+            raise ArchiveError("no records to write", relpath)
+        if spec is not None and len(index) != spec.n_records:
+            raise ArchiveError(f"expected {spec.n_records} records, got {len(index)}",
+                               relpath)
+    return FileMeta(relpath, len(index), index[0][0], index[-1][0], offset,
+                    digest.hexdigest(), index)
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """``(bytes, sha256 hex)`` of a file (local path or URL), streamed."""
+    digest = hashlib.sha256()
+    n = 0
+    with fs.open_read(path) as f:
+        while chunk := f.read(4 << 20):
+            digest.update(chunk)
+            n += len(chunk)
+    return n, digest.hexdigest()
