@@ -1,0 +1,97 @@
+"""Per-device batch sources for the two-pass strategies.
+
+A source is one device's share of one kind. ``epoch()`` yields, for every
+batch of one pass, ``(positions int64(n), batch dict, check)``: the batch's
+global positions (see :mod:`imnn_stream.modes`), its arrays, and a value
+that must be identical in every later pass (positions where the data carry
+their seed indices, a fingerprint of the bytes where they do not).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import numpy as np
+
+from .modes import record_positions
+
+__all__ = ["ArraySource", "StreamSource", "IteratorSource", "fingerprint", "device_blocks"]
+
+
+def device_blocks(count: int, n_devices: int, argument: str):
+    """Contiguous (start, stop) position blocks of ``count`` samples over devices."""
+    if count % n_devices:
+        raise ValueError(f"`{argument}`: {count} samples cannot be split evenly over "
+                         f"{n_devices} devices")
+    m = count // n_devices
+    return [(d * m, (d + 1) * m) for d in range(n_devices)]
+
+
+class ArraySource:
+    """Slices of arrays held in host memory: positions [start, stop), n at a time.
+
+    arrays: dict field -> array(count, ...)
+    """
+
+    def __init__(self, arrays: dict, start: int, stop: int, n_per_device: int):
+        self.arrays, self.start, self.stop, self.n = arrays, start, stop, n_per_device
+
+    def epoch(self):
+        for b in range(self.start, self.stop, self.n):
+            e = min(b + self.n, self.stop)
+            positions = np.arange(b, e, dtype=np.int64)
+            yield positions, {k: v[b:e] for k, v in self.arrays.items()}, positions
+
+
+class StreamSource:
+    """An infinite iterator of record batches that carry their seed indices
+    (``writers.streams.device_streams``): dicts with ``seed``, ``data`` and, by
+    kind, ``derivative``/``parameter`` or ``gradient``.
+    """
+
+    def __init__(self, iterator: Iterator[dict], kind: str, fields, n_batches: int,
+                 n_d: int, n_params: int):
+        self.it, self.kind, self.fields, self.n_batches = iterator, kind, tuple(fields), n_batches
+        self.n_d, self.n_params = n_d, n_params
+
+    def epoch(self):
+        for _ in range(self.n_batches):
+            item = next(self.it)
+            positions = record_positions(self.kind, item, self.n_d, self.n_params)
+            yield positions, {f: item[f] for f in self.fields}, positions
+
+
+def fingerprint(arrays) -> bytes:
+    """Cheap identity of a batch: shapes plus a hash of ≤ 64 strided values per record."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        flat = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1)
+        step = max(1, flat.shape[1] // 64)
+        h.update(np.ascontiguousarray(flat[:, ::step]).tobytes())
+    return h.digest()
+
+
+class IteratorSource:
+    """A user-built infinite iterator of bare arrays (or tuples of arrays, in the
+    order of ``fields``), as in the seed document's tf.data recipes. Positions are
+    assigned by order from ``start``; the fingerprint guards the order.
+    """
+
+    def __init__(self, iterator, fields, start: int, count: int, n_per_device: int):
+        self.it, self.fields, self.start, self.count = iterator, tuple(fields), start, count
+        self.n_batches = -(-count // n_per_device)
+
+    def epoch(self):
+        position = self.start
+        for _ in range(self.n_batches):
+            item = next(self.it)
+            arrays = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+            if len(arrays) != len(self.fields):
+                raise ValueError(f"user iterator yielded {len(arrays)} arrays per batch, expected "
+                                 f"{len(self.fields)} ({', '.join(self.fields)})")
+            n = len(arrays[0])
+            positions = np.arange(position, position + n, dtype=np.int64)
+            position += n
+            yield positions, dict(zip(self.fields, arrays)), fingerprint(arrays)

@@ -1,0 +1,116 @@
+"""Execution strategies: where the data live and how a step is computed.
+
+* :class:`InMemory` — all data (or the simulator) on one device, one jitted
+  ``value_and_grad``; the whole fitting loop can run compiled.
+* :class:`TwoPassStrategy` — data split over a host and XLA devices, from host
+  memory (*aggregated*) or read as a stream (*streaming*), two passes per
+  iteration (:mod:`imnn_stream.twopass`).
+
+Both expose ``value_and_grad(w, key, λ, α, data) -> (grad, stats)``,
+``stats(w, key, λ, α, data) -> stats`` and ``summaries(w, key, data) -> (x, dx)``,
+where ``data`` is the strategy's ``train`` or ``validation`` attribute.
+"""
+from __future__ import annotations
+
+import jax
+
+from .modes import simulator_keys
+from .sources import ArraySource, device_blocks
+from .stats import loss_and_stats
+from .twopass import TwoPass
+
+__all__ = ["InMemory", "TwoPassStrategy", "array_sources", "simulator_sources"]
+
+
+class InMemory:
+    """One jitted step over all data. ``train``/``validation``: dict kind -> batch
+    dict of arrays, or ``None`` for simulator mode (fresh simulations per key)."""
+
+    compiled = True
+
+    def __init__(self, mode, train=None, validation=None, simulate=False):
+        self.mode, self.train, self.validation, self.simulate = mode, train, validation, simulate
+        self.has_validation = simulate or validation is not None
+        self._vg = jax.jit(self.value_and_grad)
+        self._summaries = jax.jit(self.summaries)
+
+    def _data(self, key, data):
+        if self.simulate:
+            return simulator_keys(key, self.mode.counts["main"] + self.mode.counts["remaining"],
+                                  self.mode.counts["main"])
+        return data
+
+    def value_and_grad(self, w, key, λ, α, data):
+        def loss(v):
+            return loss_and_stats(*self.mode.all_outputs(v, self._data(key, data)), λ, α)
+        (_, st), g = jax.value_and_grad(loss, has_aux=True)(w)
+        return g, st
+
+    def stats(self, w, key, λ, α, data):
+        return loss_and_stats(*self.mode.all_outputs(w, self._data(key, data)), λ, α)[1]
+
+    def summaries(self, w, key, data):
+        return self.mode.all_outputs(w, self._data(key, data))
+
+    def host_summaries(self, w, key, data):
+        return jax.device_get(self._summaries(w, key, data))
+
+
+class TwoPassStrategy:
+    """Two passes per iteration over per-device sources.
+
+    ``train``/``validation``: dict kind -> list (per device) of sources, or a
+    callable ``key -> such a dict`` for data drawn anew each iteration.
+    """
+
+    compiled = False
+
+    def __init__(self, mode, host, devices, train, validation=None):
+        self.engine = TwoPass(mode, host, devices)
+        self.train, self.validation = train, validation
+        self.has_validation = validation is not None
+
+    def _sources(self, key, data, tag):
+        if callable(data):
+            self.engine.forget(tag)
+            return data(key)
+        return data
+
+    def _tag(self, data):
+        return "train" if data is self.train else "validation"
+
+    def value_and_grad(self, w, key, λ, α, data):
+        return self.engine.value_and_grad(w, self._sources(key, data, "train"), λ, α)
+
+    def stats(self, w, key, λ, α, data):
+        tag = self._tag(data)
+        return self.engine.stats(w, self._sources(key, data, tag), λ, α, tag)
+
+    def host_summaries(self, w, key, data):
+        tag = self._tag(data)
+        return self.engine.summaries(w, self._sources(key, data, tag), tag)
+
+
+def array_sources(batches: dict, mode, n_devices: int, n_per_device: int):
+    """Host-memory arrays (dict kind -> batch dict) -> per-device ArraySources.
+
+    Device d gets the contiguous block d of every kind, n_per_device at a time.
+    """
+    out = {}
+    for kind in mode.kinds:
+        count = mode.counts[kind]
+        blocks = device_blocks(count, n_devices, kind)
+        out[kind] = [ArraySource(batches[kind], a, b, n_per_device) for a, b in blocks]
+    return out
+
+
+def simulator_sources(mode, n_devices: int, n_per_device: int):
+    """key -> per-device sources of fresh simulator keys (simulator mode)."""
+    n_d = mode.counts["main"]
+    n_s = n_d + mode.counts["remaining"]
+
+    def make(key):
+        keys = jax.device_get(simulator_keys(key, n_s, n_d))
+        return array_sources(keys, mode, n_devices, n_per_device)
+
+    return make

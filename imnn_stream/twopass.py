@@ -1,0 +1,173 @@
+"""The two-pass accumulated gradient over a host and several XLA devices.
+
+Pass 1 streams every batch through the network on its device and keeps only
+the raw outputs, placed by global position. The host computes the loss, its
+statistics and the cotangents d loss / d outputs (they are tiny). Pass 2
+streams the same batches again; each batch's contribution to d loss / d w is
+one ``jax.vjp`` with the cotangent rows of *its own positions*, summed on its
+device; the devices' sums are added on the host.
+
+Batches are dispatched round-robin over devices (JAX dispatch is
+asynchronous, so devices compute in parallel) with at most ``in_flight``
+unfinished batches per device, which bounds memory whatever the data size.
+"""
+from __future__ import annotations
+
+from collections import deque
+from itertools import zip_longest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .stats import loss_and_stats
+
+__all__ = ["TwoPass", "OrderError"]
+
+
+class OrderError(ValueError):
+    """A pass saw different samples, or a different order, than the first pass."""
+
+
+class TwoPass:
+    """Pass-1 outputs, host loss gradient and pass-2 VJPs for one data mode."""
+
+    def __init__(self, mode, host, devices, in_flight: int = 4):
+        self.mode, self.host, self.devices, self.in_flight = mode, host, list(devices), in_flight
+        self._fwd = {k: jax.jit(mode.outputs[k]) for k in mode.kinds}
+        self._bwd = {k: jax.jit(self._accumulate(mode.outputs[k]), donate_argnums=3)
+                     for k in mode.kinds}
+        self._checks = {}
+
+        def host_loss(raw, λ, α):
+            (value, st), cot = jax.value_and_grad(
+                lambda r: loss_and_stats(*mode.assemble(r), λ, α), has_aux=True)(raw)
+            return st, cot
+
+        self._host_loss = jax.jit(host_loss)
+        self._host_stats = jax.jit(lambda raw, λ, α: loss_and_stats(*mode.assemble(raw), λ, α)[1])
+        self._assemble = jax.jit(mode.assemble)
+
+    @staticmethod
+    def _accumulate(fn):
+        def step(w, batch, cot, acc):
+            _, vjp = jax.vjp(lambda v: fn(v, batch), w)
+            (g,) = vjp(cot)
+            return jax.tree_util.tree_map(jnp.add, acc, g)
+        return step
+
+    # -- streaming over devices ------------------------------------------------
+
+    def _batches(self, tag, kind, sources):
+        """Round-robin (device, batch number, positions, batch) over the devices'
+        sources, checking every batch against the first pass's record."""
+        epochs = [s.epoch() for s in sources]
+        for b, row in enumerate(zip_longest(*epochs)):
+            for d, item in enumerate(row):
+                if item is None:
+                    continue
+                positions, batch, check = item
+                key = (tag, kind, d)
+                seen = self._checks.setdefault(key, [])
+                if b < len(seen):
+                    if not _same(seen[b], check):
+                        raise OrderError(
+                            f"{tag} data, kind '{kind}', device {d}, batch {b}: this pass saw "
+                            "different samples (or a different order) than the first pass — is the "
+                            "iterator shuffled, read in parallel, or of the wrong epoch length? "
+                            "Gradients would be paired with the wrong samples.")
+                else:
+                    seen.append(check)
+                yield d, b, positions, batch
+
+    def pass1(self, w, sources, tag="train"):
+        """Raw outputs of every position: dict kind -> pytree of float(count, ...)."""
+        w_dev = [jax.device_put(w, dev) for dev in self.devices]
+        pending = {k: [] for k in self.mode.kinds}
+        window = [deque() for _ in self.devices]
+        for kind in self.mode.kinds:
+            for d, b, positions, batch in self._batches(tag, kind, sources[kind]):
+                batch = jax.device_put(batch, self.devices[d])
+                out = self._fwd[kind](w_dev[d], batch)
+                pending[kind].append((positions, out))
+                window[d].append(out)
+                if len(window[d]) > self.in_flight:
+                    jax.block_until_ready(window[d].popleft())
+        raw = {}
+        for kind in self.mode.kinds:
+            count = self.mode.counts[kind]
+            positions = [p for p, _ in pending[kind]]
+            outs = jax.device_get([o for _, o in pending[kind]])
+            _check_coverage(tag, kind, positions, count)
+            if not positions:
+                raw[kind] = None  # an empty kind: `remaining` when n_s = n_d
+                continue
+            order = np.concatenate(positions)
+            raw[kind] = jax.tree_util.tree_map(
+                lambda *xs: _place(np.concatenate(xs), order, count), *outs)
+        for kind in self.mode.kinds:
+            if raw[kind] is None:
+                x = jax.tree_util.tree_leaves([raw[k] for k in self.mode.kinds if raw[k] is not None])[0]
+                raw[kind] = np.zeros((0,) + x.shape[1:], x.dtype)
+        return raw
+
+    def value_and_grad(self, w, sources, λ, α):
+        """(d loss / d w on the host, statistics dict) over all sources."""
+        raw = self.pass1(w, sources, "train")
+        st, cot = self._host_loss(jax.device_put(raw, self.host), λ, α)
+        cot = jax.device_get(cot)
+        w_dev = [jax.device_put(w, dev) for dev in self.devices]
+        acc = [jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, w), dev) for dev in self.devices]
+        window = [deque() for _ in self.devices]
+        for kind in self.mode.kinds:
+            for d, b, positions, batch in self._batches("train", kind, sources[kind]):
+                c = jax.tree_util.tree_map(lambda a: a[positions], cot[kind])
+                batch, c = jax.device_put((batch, c), self.devices[d])
+                acc[d] = self._bwd[kind](w_dev[d], batch, c, acc[d])
+                window[d].append(acc[d])
+                if len(window[d]) > self.in_flight:
+                    jax.block_until_ready(window[d].popleft())
+        grads = [jax.device_put(a, self.host) for a in acc]
+        g = jax.tree_util.tree_map(lambda *xs: sum(xs[1:], xs[0]), *grads)
+        return g, st
+
+    def stats(self, w, sources, λ, α, tag="validation"):
+        """Statistics (no gradient): one pass."""
+        return self._host_stats(jax.device_put(self.pass1(w, sources, tag), self.host), λ, α)
+
+    def summaries(self, w, sources, tag):
+        """(x float(n_s, n_summaries), dx float(n_d, n_summaries, n_params)) on the host."""
+        return jax.device_get(self._assemble(jax.device_put(self.pass1(w, sources, tag), self.host)))
+
+    def forget(self, tag):
+        """Drop the first-pass record of ``tag`` (its data changes, e.g. new simulations)."""
+        for key in [k for k in self._checks if k[0] == tag]:
+            del self._checks[key]
+
+
+def _same(a, b):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+def _check_coverage(tag, kind, positions, count):
+    """Every position 0..count−1 exactly once, else a precise error."""
+    allp = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    if len(allp) == count and (count == 0 or (allp.min() >= 0 and allp.max() < count
+                                               and np.bincount(allp, minlength=count).max() == 1)):
+        return
+    bad = allp[(allp < 0) | (allp >= count)]
+    if bad.size:
+        raise OrderError(f"{tag} data, kind '{kind}': positions {bad[:5].tolist()} are outside "
+                         f"0..{count - 1} (seed indices not of this archive or epoch too long)")
+    n = np.bincount(allp, minlength=count)
+    dup, missing = np.flatnonzero(n > 1), np.flatnonzero(n == 0)
+    raise OrderError(f"{tag} data, kind '{kind}': expected {count} samples once each, got "
+                     f"{len(allp)}; duplicated {dup[:5].tolist()}, missing {missing[:5].tolist()}")
+
+
+def _place(values, order, count):
+    out = np.empty((count,) + values.shape[1:], values.dtype)
+    out[order] = values
+    return out
