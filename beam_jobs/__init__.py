@@ -1,0 +1,12 @@
+"""beam_jobs: generate seed-matched simulation archives with Apache Beam.
+
+Modules: ``simulate`` (pure JAX: keys, θ sets, padded vmapped batches, record
+encoding), ``job`` (job parameters, ``job.json``, argument checks), ``pipeline``
+(the Beam graph and its DoFns), ``driver`` (``generate``: resume, progress,
+summary), ``cli`` (the ``generate`` subcommand).
+"""
+from .driver import GenerationResult, generate, run_generation
+from .job import JobError
+from .simulate import SimulationError
+
+__all__ = ["generate", "run_generation", "GenerationResult", "JobError", "SimulationError"]

@@ -1,0 +1,228 @@
+"""The Apache Beam pipeline that writes an archive, one shard file per work item.
+
+Graph::
+
+    Create(plan: one dict per shard file)          # writers.layout.plan_shards
+      | Reshuffle                                  # spread the files over workers
+      | ParDo(WriteShard)                          # keep a valid file, or simulate + write it
+      | ToList | ParDo(WriteManifest)             # manifest last: the commit marker
+
+``WriteShard`` builds the simulator once per worker (``DoFn.setup``) and runs
+it in fixed-size vmapped batches (``beam_jobs.simulate``), so each kind is
+compiled once per worker; records stream into ``writers.shard.write_shard``,
+which publishes the file only when it is complete. The content of a file
+depends only on its plan entry and the job, never on which worker, in which
+order or on which runner it was written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                  StandardOptions)
+
+from writers import fs
+from writers.errors import ArchiveError
+from writers.layout import ShardSpec
+from writers.schema import RecordSpec, decode_example, encode_example
+from writers.shard import FileMeta, write_shard
+from writers.tfrecord import iter_records
+
+from .job import JOB_NAME, Job
+from .simulate import BatchSimulator, SimulatorSpec, load_simulator, shard_records
+
+__all__ = ["pipeline_options", "make_pipeline", "build", "run_pipeline", "check_existing"]
+
+_LOG = logging.getLogger(__name__)
+NAMESPACE = "beam_jobs"
+
+
+# --------------------------------------------------------------------------- options
+def _given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def pipeline_options(beam_argv: Optional[Sequence[str]] = None) -> PipelineOptions:
+    """PipelineOptions from command-line style flags, passed to Beam unchanged.
+
+    Without ``--runner`` the pipeline runs on Beam's portable FnApiRunner; then,
+    unless the flags say otherwise, in multi-process mode with one worker per
+    core (``--direct_running_mode=multi_processing --direct_num_workers=0``,
+    0 meaning "all cores"). The plain DirectRunner of recent Beam first tries to
+    download the Prism runner binary, which fails (or hangs) offline.
+    """
+    argv = list(beam_argv or [])
+    opts = PipelineOptions(argv)
+    if opts.view_as(StandardOptions).runner is None:
+        direct = opts.view_as(DirectOptions)
+        if not _given(argv, "--direct_running_mode"):
+            direct.direct_running_mode = "multi_processing"
+        if not _given(argv, "--direct_num_workers"):
+            direct.direct_num_workers = os.cpu_count() or 1
+    return opts
+
+
+def make_pipeline(opts: PipelineOptions) -> beam.Pipeline:
+    """A Pipeline on the runner the options name, or on the FnApiRunner by default."""
+    if opts.view_as(StandardOptions).runner is None:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        return beam.Pipeline(runner=FnApiRunner(), options=opts)
+    return beam.Pipeline(options=opts)
+
+
+# --------------------------------------------------------------------------- checks
+def record_spec(job: Job, kind: str) -> RecordSpec:
+    return RecordSpec(tuple(job.input_shape), job.dtype, job.n_params,
+                      finite_difference=(job.mode == "numerical" and kind == "derivative"),
+                      gradient=(job.mode == "gradient" and kind == "main"))
+
+
+def expected_keys(job: Job, spec: ShardSpec):
+    """``(seed, derivative, parameter)`` of every record of a shard, in file order
+    (derivative/parameter −1 when the kind has none)."""
+    fd = job.mode == "numerical" and spec.kind == "derivative"
+    for seed in range(spec.first_seed, spec.last_seed + 1):
+        if fd:
+            for sign in range(2):
+                for alpha in range(job.n_params):
+                    yield seed, sign, alpha
+        else:
+            yield seed, -1, -1
+
+
+def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
+    """FileMeta of the shard already at ``spec.path`` if it is complete and valid.
+
+    Valid means: every record's CRC checks, decodes with the job's shapes and
+    dtype, and the records are exactly the shard's seeds (and signs and
+    parameters) in order. Returns None when the file is missing or invalid
+    (it will be rewritten).
+    """
+    import hashlib
+    path = fs.join(root, spec.path)
+    if not fs.exists(path):
+        return None
+    rspec = record_spec(job, spec.kind)
+    digest, entries, offset = hashlib.sha256(), [], 0
+    expected = expected_keys(job, spec)
+    try:
+        with fs.open_read(path) as f:
+            data = f.read()
+        digest.update(data)
+        import io
+        for i, (off, raw) in enumerate(iter_records(io.BytesIO(data), spec.path,
+                                                    with_offsets=True)):
+            rec = decode_example(raw, rspec, spec.path, i)
+            key = (rec["seed"], rec.get("derivative", -1), rec.get("parameter", -1))
+            if key != next(expected, None):
+                raise ArchiveError(f"record {key} out of place", spec.path, i)
+            entries.append((*key, off, len(raw) + 16))
+            offset = off + len(raw) + 16
+        if next(expected, None) is not None or offset != len(data):
+            raise ArchiveError(f"{len(entries)} records, expected {spec.n_records}", spec.path)
+    except ArchiveError as err:
+        _LOG.warning("rewriting invalid shard %s: %s", spec.path, err)
+        return None
+    return FileMeta(spec.path, len(entries), entries[0][0], entries[-1][0], len(data),
+                    digest.hexdigest(), entries)
+
+
+# --------------------------------------------------------------------------- DoFns
+class WriteShard(beam.DoFn):
+    """ShardSpec dict -> (ShardSpec dict, FileMeta dict with its record index).
+
+    A valid file already under the shard's name is kept (resume); anything else
+    is simulated and written atomically.
+    """
+
+    def __init__(self, root: str, job: Job, fs_flags: Sequence[str] = ()):
+        self.root, self.job, self.fs_flags = root, job, list(fs_flags)
+        self.written = Metrics.counter(NAMESPACE, "shards_written")
+        self.kept = Metrics.counter(NAMESPACE, "shards_kept")
+        self.simulated = Metrics.counter(NAMESPACE, "records_simulated")
+
+    def setup(self):
+        fs.configure(self.fs_flags)
+        job = self.job
+        spec = SimulatorSpec(job.simulator, job.simulator_config)
+        # built and jitted once per worker; compiled once per kind on first use
+        self.batcher = BatchSimulator(load_simulator(spec), spec.describe(), job.mode,
+                                      job.theta_fid, job.delta_theta, job.batch_size,
+                                      input_shape=job.input_shape)
+
+    def process(self, spec_json: dict):
+        spec = ShardSpec.from_json(spec_json)
+        meta = check_existing(self.root, self.job, spec)
+        if meta is not None:
+            self.kept.inc()
+        else:
+            records = shard_records(self.batcher, spec.kind, self.job.base_seeds[spec.split],
+                                    spec.first_seed, spec.last_seed, encode_example)
+            meta = write_shard(self.root, spec, records)
+            self.written.inc()
+            self.simulated.inc(meta.count)
+        yield spec_json, meta.to_json(include_records=True)
+
+
+class WriteManifest(beam.DoFn):
+    """[(ShardSpec dict, FileMeta dict)] -> manifest path, written after every shard."""
+
+    def __init__(self, root: str, job: Job, fs_flags: Sequence[str] = ()):
+        self.root, self.job, self.fs_flags = root, job, list(fs_flags)
+
+    def setup(self):
+        fs.configure(self.fs_flags)
+
+    def process(self, metas):
+        from writers.manifest import write_manifest
+        manifest = self.job.new_manifest()
+        planned = {s.path for s in self.job.plan()}
+        got = {spec["path"] for spec, _ in metas}
+        if got != planned:  # never commit an archive with a hole
+            raise ArchiveError(f"{len(planned - got)} planned shards were not written")
+        for spec, meta in sorted(metas, key=lambda m: m[0]["path"]):
+            manifest.add_file(ShardSpec.from_json(spec), FileMeta.from_json(meta))
+        path = write_manifest(self.root, manifest)
+        # The committed manifest now records the job's parameters; job.json
+        # (the marker of an unfinished job) goes, so the archive holds only
+        # what the validator expects.
+        job_path = fs.join(self.root, JOB_NAME)
+        if fs.exists(job_path):
+            fs.delete(job_path)
+        yield path
+
+
+def build(p: beam.Pipeline, root: str, job: Job, plan: Sequence[ShardSpec],
+          fs_flags: Sequence[str] = ()):
+    """Add the archive-writing transforms to ``p``; returns the manifest path PCollection."""
+    metas = (p
+             | "PlanShards" >> beam.Create([s.to_json() for s in plan])
+             | "Redistribute" >> beam.Reshuffle()
+             | "WriteShards" >> beam.ParDo(WriteShard(root, job, fs_flags)))
+    return (metas
+            | "CollectFileMeta" >> beam.combiners.ToList()
+            | "WriteManifest" >> beam.ParDo(WriteManifest(root, job, fs_flags)))
+
+
+def run_pipeline(root: str, job: Job, beam_argv: Sequence[str] = ()) -> dict:
+    """Build and run the pipeline to completion; returns the Beam counters
+    (``shards_written``, ``shards_kept``, ``records_simulated``) where the
+    runner reports them."""
+    opts = pipeline_options(beam_argv)
+    p = make_pipeline(opts)
+    build(p, root, job, job.plan(), fs_flags=list(beam_argv))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {}
+    try:
+        for c in result.metrics().query()["counters"]:
+            if c.key.metric.namespace == NAMESPACE:
+                name = c.key.metric.name
+                counters[name] = counters.get(name, 0) + (c.committed or c.attempted or 0)
+    except Exception:  # some runners do not report metrics
+        pass
+    return counters

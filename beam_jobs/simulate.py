@@ -1,0 +1,338 @@
+"""Pure-JAX simulation of one shard: keys, parameter sets, padded vmapped batches.
+
+Nothing here knows Beam: the pipeline (``beam_jobs.pipeline``) and the plain
+benchmark loop (``benchmarks/beam_throughput.py``) both call
+:func:`shard_records`, so they produce the same bytes.
+
+Conventions (``docs/archive-contract.md``):
+
+* seed ``i`` of a split with base seed ``b`` uses
+  ``key_i = jax.random.fold_in(jax.random.PRNGKey(b), i)``: a function of
+  ``(b, i)`` alone, so any shard can be regenerated independently, by any
+  worker, in any order;
+* finite-difference records of one seed are ordered sign → parameter:
+  sign 0 at ``θ_fid − δθ_α/2`` ("below"), sign 1 at ``θ_fid + δθ_α/2``
+  ("above");
+* gradient mode stores ``dsim/dθ`` of shape ``input_shape + (n_params,)``,
+  computed in forward mode (``jax.jacfwd``): one JVP per parameter costs about
+  n_params simulations, cheaper than reverse mode (one VJP per output pixel)
+  because n_params is small and the outputs are large.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import math
+import os
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "BUILTIN_SIMULATORS",
+    "SimulationError",
+    "SimulatorSpec",
+    "load_simulator",
+    "seed_keys",
+    "varied_thetas",
+    "records_per_seed",
+    "BatchSimulator",
+    "shard_records",
+]
+
+#: shortcuts accepted for ``--simulator``
+BUILTIN_SIMULATORS = {
+    "toy": "imnn_stream.simulators:gaussian_toy",
+    "grf": "imnn_stream.simulators:gaussian_random_field",
+}
+
+
+class SimulationError(RuntimeError):
+    """A simulator could not be loaded, or gave a bad result for a named seed and θ."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorSpec:
+    """How to find a simulator: ``module:function`` (or ``path/file.py:function``)
+    and an optional JSON-able configuration.
+
+    With a configuration, ``function`` is a factory called as
+    ``function(**config)`` that returns ``simulator(key, θ)``; without one,
+    ``function`` is the simulator itself. Workers rebuild the simulator from
+    this spec (it is tiny and pickles trivially) rather than receiving a
+    pickled JAX function.
+    """
+
+    name: str
+    config: dict | None = None
+
+    @property
+    def resolved(self) -> str:
+        return BUILTIN_SIMULATORS.get(self.name, self.name)
+
+    def describe(self) -> str:
+        if self.config:
+            return f"{self.resolved}({json.dumps(self.config, sort_keys=True)})"
+        return self.resolved
+
+
+def load_simulator(spec: SimulatorSpec) -> Callable:
+    """Import ``spec`` and return ``simulator(key, θ) -> float(input_shape)``.
+
+    Raises :class:`SimulationError` naming the simulator if the module or
+    function cannot be found or the factory fails.
+    """
+    target = spec.resolved
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise SimulationError(
+            f"simulator {spec.name!r}: expected 'module:function' or 'path/file.py:function'")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            # a file path: handy for local scripts and tests; on a remote runner
+            # the module must instead be installed on the workers.
+            path = os.path.abspath(module_name)
+            mod_id = "_beam_jobs_sim_" + str(abs(hash(path)))
+            file_spec = importlib.util.spec_from_file_location(mod_id, path)
+            if file_spec is None or file_spec.loader is None:
+                raise ImportError(f"no Python file at {path}")
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        fn = getattr(module, attr)
+    except Exception as err:  # ImportError, AttributeError, errors in the module
+        raise SimulationError(
+            f"simulator {spec.describe()} cannot be imported: {type(err).__name__}: {err}") from err
+    if spec.config:
+        try:
+            fn = fn(**spec.config)
+        except Exception as err:
+            raise SimulationError(
+                f"simulator {spec.describe()}: the factory failed: {type(err).__name__}: {err}"
+            ) from err
+    if not callable(fn):
+        raise SimulationError(f"simulator {spec.describe()} is not callable")
+    return fn
+
+
+def seed_keys(base_seed: int, seeds) -> jax.Array:
+    """Keys of the given seed indices: ``fold_in(PRNGKey(base_seed), i)``.
+
+    seeds: int(n,)  ->  uint32(n, 2) raw keys.
+    """
+    base = jax.random.PRNGKey(base_seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(seeds, dtype=jnp.uint32))
+
+
+def varied_thetas(theta_fid, delta_theta) -> np.ndarray:
+    """Parameter values of the finite differences of one seed.
+
+    θ_fid, δθ: float(n_params,)  ->  float32(2, n_params, n_params): ``[sign, α]``
+    is the θ of sign ``sign`` (0 below, 1 above) and parameter α, i.e.
+    ``θ_fid ∓ δθ_α/2`` along axis α only.
+    """
+    theta_fid = np.asarray(theta_fid, np.float32)
+    step = np.diag(np.asarray(delta_theta, np.float32) / 2)
+    return np.stack([theta_fid - step, theta_fid + step]).astype(np.float32)
+
+
+def records_per_seed(mode: str, kind: str, n_params: int) -> int:
+    """Records one seed contributes to a kind (2·n_params for finite differences)."""
+    return 2 * n_params if (mode == "numerical" and kind == "derivative") else 1
+
+
+class BatchSimulator:
+    """Simulate a fixed number of seeds at once, compiled once.
+
+    Every call has the same shapes: the last batch of a shard is padded (with
+    copies of its last seed) up to ``seeds_per_batch`` and the padding is
+    dropped afterwards, so each kind compiles exactly once per process. That is
+    why the pipeline batches seeds itself instead of using
+    ``beam.BatchElements``, whose varying batch sizes would each recompile.
+
+    Parameters
+    ----------
+    simulator : simulator(key, θ) -> float(input_shape)
+    name : str, used in error messages
+    mode : "numerical" | "gradient" | "fiducial"
+    theta_fid, delta_theta : float(n_params,) (δθ only for numerical mode)
+    batch_size : int, simulations per vmapped call; a finite-difference batch
+        holds ``max(1, batch_size // (2·n_params))`` seeds.
+    input_shape : expected shape of one simulation, or None to accept the
+        simulator's own.
+    """
+
+    def __init__(self, simulator, name: str, mode: str, theta_fid, delta_theta=None,
+                 batch_size: int = 64, input_shape: Sequence[int] | None = None):
+        self.simulator = simulator
+        self.name = name
+        self.mode = mode
+        self.theta_fid = np.asarray(theta_fid, np.float32).reshape(-1)
+        self.n_params = self.theta_fid.size
+        self.delta_theta = (None if delta_theta is None
+                            else np.asarray(delta_theta, np.float32).reshape(-1))
+        self.batch_size = int(batch_size)
+        self.input_shape = self.check_shape(input_shape)
+        self._compiled: dict[str, Callable] = {}
+
+    # -- shape checks -------------------------------------------------------
+    def _thetas_to_check(self):
+        thetas = [self.theta_fid]
+        if self.mode == "numerical" and self.delta_theta is not None:
+            thetas += list(varied_thetas(self.theta_fid, self.delta_theta).reshape(-1, self.n_params))
+        return thetas
+
+    def check_shape(self, expected=None) -> tuple[int, ...]:
+        """Trace the simulator abstractly (no FLOPs) and return its output shape.
+
+        Refuses outputs that are not a single floating array, shapes that change
+        with θ, or a shape other than ``expected``.
+        """
+        key = jax.random.PRNGKey(0)
+        shape = None
+        for theta in self._thetas_to_check():
+            try:
+                out = jax.eval_shape(self.simulator, key, jnp.asarray(theta))
+            except Exception as err:
+                raise SimulationError(
+                    f"simulator {self.name} raised for θ = {_fmt(theta)}: "
+                    f"{type(err).__name__}: {err}") from err
+            if not isinstance(out, jax.ShapeDtypeStruct):
+                raise SimulationError(
+                    f"simulator {self.name} must return one array, got {type(out).__name__} "
+                    f"for θ = {_fmt(theta)}")
+            if not jnp.issubdtype(out.dtype, jnp.floating):
+                raise SimulationError(
+                    f"simulator {self.name} returned dtype {out.dtype} for θ = {_fmt(theta)}; "
+                    "expected a floating-point array")
+            if shape is not None and tuple(out.shape) != shape:
+                raise SimulationError(
+                    f"simulator {self.name} returned shape {tuple(out.shape)} for θ = "
+                    f"{_fmt(theta)} but {shape} for θ_fid = {_fmt(self.theta_fid)}")
+            shape = tuple(out.shape)
+        if expected is not None and tuple(expected) != shape:
+            raise SimulationError(
+                f"simulator {self.name} returned shape {shape} for θ = {_fmt(self.theta_fid)}, "
+                f"expected input_shape {tuple(expected)}")
+        return shape
+
+    # -- compiled batch functions ------------------------------------------
+    def seeds_per_batch(self, kind: str) -> int:
+        return max(1, self.batch_size // records_per_seed(self.mode, kind, self.n_params))
+
+    def _fn(self, kind: str) -> Callable:
+        """jitted ``keys uint32(B, 2) -> arrays`` for one kind (cached: compile once)."""
+        if kind in self._compiled:
+            return self._compiled[kind]
+        sim, θ = self.simulator, jnp.asarray(self.theta_fid)
+        if self.mode == "numerical" and kind == "derivative":
+            thetas = jnp.asarray(varied_thetas(self.theta_fid, self.delta_theta))
+
+            def one(key):  # -> (2, n_params, *input_shape), same key for every θ
+                return jax.vmap(jax.vmap(lambda t: sim(key, t)))(thetas)
+        elif self.mode == "gradient" and kind == "main":
+            def one(key):  # -> (input_shape, input_shape + (n_params,))
+                # forward mode: n_params JVPs; has_aux returns the value of the
+                # same evaluation, so the simulation is not run twice.
+                jac, value = jax.jacfwd(lambda t: (sim(key, t), sim(key, t)), has_aux=True)(θ)
+                return value, jac
+        else:
+            def one(key):  # -> input_shape
+                return sim(key, θ)
+        fn = jax.jit(jax.vmap(one))
+        self._compiled[kind] = fn
+        return fn
+
+    def simulate(self, kind: str, base_seed: int, seeds: np.ndarray):
+        """Simulate ``seeds`` (int(n,), n ≤ seeds_per_batch) of one kind.
+
+        Returns numpy arrays with leading axis n:
+        ``data float(n, *input_shape)`` (fiducial, remaining),
+        ``data float(n, 2, n_params, *input_shape)`` (numerical derivative), or
+        ``(data float(n, *input_shape), gradient float(n, *input_shape, n_params))``
+        (gradient main). Raises :class:`SimulationError` naming the simulator,
+        the seed and θ on exceptions and on non-finite values.
+        """
+        seeds = np.asarray(seeds, np.int64)
+        n, size = len(seeds), self.seeds_per_batch(kind)
+        if not 0 < n <= size:
+            raise ValueError(f"between 1 and {size} seeds per batch, got {n}")
+        # pad with the last seed: one compiled shape, and padded rows are valid sims
+        padded = np.concatenate([seeds, np.full(size - n, seeds[-1], np.int64)])
+        try:
+            out = self._fn(kind)(seed_keys(base_seed, padded))
+            out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out)
+        except SimulationError:
+            raise
+        except Exception as err:
+            raise SimulationError(
+                f"simulator {self.name} raised for seed {int(seeds[0])} (batch of seeds "
+                f"{int(seeds[0])}..{int(seeds[-1])}, base seed {base_seed}, kind {kind}) at "
+                f"θ = {self._theta_desc(kind)}: {type(err).__name__}: {err}") from err
+        self._check_finite(kind, base_seed, seeds, out)
+        return out
+
+    def _theta_desc(self, kind):
+        if self.mode == "numerical" and kind == "derivative":
+            return "θ_fid ∓ δθ/2 = " + _fmt(varied_thetas(self.theta_fid, self.delta_theta))
+        return _fmt(self.theta_fid)
+
+    def _check_finite(self, kind, base_seed, seeds, out):
+        arrays = out if isinstance(out, tuple) else (out,)
+        for what, a in zip(("simulation", "gradient dsim/dθ"), arrays):
+            bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+            if not bad.any():
+                continue
+            row = int(np.argmax(bad))
+            seed, theta = int(seeds[row]), self.theta_fid
+            if self.mode == "numerical" and kind == "derivative":
+                # locate the first bad (sign, parameter) of that seed to name its θ
+                per = ~np.isfinite(a[row].reshape(2, self.n_params, -1)).all(axis=2)
+                sign, alpha = np.argwhere(per)[0]
+                theta = varied_thetas(self.theta_fid, self.delta_theta)[sign, alpha]
+            raise SimulationError(
+                f"simulator {self.name} returned a non-finite {what} (NaN or inf) for seed "
+                f"{seed} (base seed {base_seed}, kind {kind}) at θ = {_fmt(theta)}")
+
+    # -- records ------------------------------------------------------------
+    def records(self, kind: str, base_seed: int, seeds: np.ndarray, encode) -> Iterator[bytes]:
+        """Encoded records of ``seeds`` in archive order (seed → sign → parameter).
+
+        ``encode`` is ``writers.schema.encode_example``.
+        """
+        out = self.simulate(kind, base_seed, seeds)
+        if self.mode == "numerical" and kind == "derivative":
+            for seed, sims in zip(seeds, out):  # sims: (2, n_params, *input_shape)
+                for sign in range(2):
+                    for alpha in range(self.n_params):
+                        yield encode(sims[sign, alpha], int(seed), derivative=sign, parameter=alpha)
+        elif self.mode == "gradient" and kind == "main":
+            for seed, value, grad in zip(seeds, *out):
+                yield encode(value, int(seed), gradient=grad)
+        else:
+            for seed, value in zip(seeds, out):
+                yield encode(value, int(seed))
+
+
+def shard_records(batcher: BatchSimulator, kind: str, base_seed: int, first_seed: int,
+                  last_seed: int, encode) -> Iterator[bytes]:
+    """All records of the seeds ``first_seed..last_seed`` (inclusive) of one shard,
+    simulated in fixed-size batches and yielded lazily, so a shard streams into
+    its writer without being held in memory."""
+    size = batcher.seeds_per_batch(kind)
+    for start in range(first_seed, last_seed + 1, size):
+        seeds = np.arange(start, min(start + size, last_seed + 1), dtype=np.int64)
+        yield from batcher.records(kind, base_seed, seeds, encode)
+
+
+def _fmt(theta) -> str:
+    return json.dumps(np.round(np.asarray(theta, np.float64), 6).tolist())
+
+
+def n_batches(n_seeds: int, seeds_per_batch: int) -> int:
+    return math.ceil(n_seeds / seeds_per_batch)
