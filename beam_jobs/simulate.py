@@ -226,7 +226,8 @@ class BatchSimulator:
         return max(1, self.batch_size // records_per_seed(self.mode, kind, self.n_params))
 
     def _fn(self, kind: str) -> Callable:
-        """jitted ``keys uint32(B, 2) -> arrays`` for one kind (cached: compile once)."""
+        """jitted ``(base_seed uint32, seeds uint32(B,)) -> arrays`` for one kind
+        (cached: compiled once per process)."""
         if kind in self._compiled:
             return self._compiled[kind]
         sim, θ = self.simulator, jnp.asarray(self.theta_fid)
@@ -244,7 +245,11 @@ class BatchSimulator:
         else:
             def one(key):  # -> input_shape
                 return sim(key, θ)
-        fn = jax.jit(jax.vmap(one))
+        def batch(base_seed, seeds):  # uint32 scalar, uint32(B,): keys made inside the jit
+            base = jax.random.PRNGKey(base_seed)
+            return jax.vmap(lambda i: one(jax.random.fold_in(base, i)))(seeds)
+
+        fn = jax.jit(batch)
         self._compiled[kind] = fn
         return fn
 
@@ -265,7 +270,7 @@ class BatchSimulator:
         # pad with the last seed: one compiled shape, and padded rows are valid sims
         padded = np.concatenate([seeds, np.full(size - n, seeds[-1], np.int64)])
         try:
-            out = self._fn(kind)(seed_keys(base_seed, padded))
+            out = self._fn(kind)(np.uint32(base_seed), padded.astype(np.uint32))
             out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out)
         except SimulationError:
             raise
