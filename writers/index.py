@@ -69,3 +69,27 @@ def read_index(root: str) -> pa.Table:
     """The archive's index as a pyarrow Table."""
     from .manifest import INDEX_NAME
     return pq.read_table(io.BytesIO(fs.read_bytes(fs.join(root, INDEX_NAME))))
+
+
+def find(root: str, **where) -> list[dict]:
+    """Rows of the index matching every ``column=value`` given, e.g.
+    ``find(root, split="train", kind="derivative", seed=5, derivative=1)``."""
+    import pyarrow.compute as pc
+    table = read_index(root)
+    mask = None
+    for column, value in where.items():
+        if column not in COLUMNS:
+            raise ValueError(f"unknown index column {column!r} (have {COLUMNS})")
+        m = pc.equal(table.column(column), value)
+        mask = m if mask is None else pc.and_(mask, m)
+    return (table.filter(mask) if mask is not None else table).to_pylist()
+
+
+def read_record(root: str, row: dict) -> bytes:
+    """The payload of the record an index row points to (one ranged read)."""
+    from .tfrecord import iter_records
+    path = fs.join(root, row["file"])
+    with fs.open_read(path) as f:
+        f.seek(row["offset"])
+        framed = f.read(row["length"])
+    return next(iter_records(io.BytesIO(framed), row["file"]))
