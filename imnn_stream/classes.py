@@ -65,15 +65,17 @@ def _to_host(batches):
     return None if batches is None else jax.tree_util.tree_map(np.asarray, batches)
 
 
-def _aggregation(t, host, devices, n_per_device, mode):
+def _aggregation(t, host, devices, n_per_device, counts=None):
+    """Check and set host, devices, n_per_device; with ``counts`` (kind -> samples)
+    every kind must fill whole batches on every device."""
     t.host = checks.host_device(host)
     t.devices = checks.device_list(devices)
     t.n_per_device = checks.positive_int(n_per_device, "n_per_device")
     per = len(t.devices) * t.n_per_device
-    for kind in mode.kinds:
-        if mode.counts[kind] % per:
+    for kind, count in (counts or {}).items():
+        if count % per:
             raise ValueError(
-                f"{mode.counts[kind]} samples of kind '{kind}' (n_s={t.n_s}, n_d={t.n_d}, "
+                f"{count} samples of kind '{kind}' (n_s={t.n_s}, n_d={t.n_d}, "
                 f"n_params={t.n_params}) are not divisible by len(devices) × n_per_device = "
                 f"{len(t.devices)} × {t.n_per_device} = {per}; choose `n_per_device` to divide them")
 
@@ -165,7 +167,7 @@ class AggregatedSimulatorIMNN(_Aggregated, SimulatorIMNN):
                          key_or_state, simulator)
 
     def _strategy_for(self, mode):
-        _aggregation(self, *self._agg, mode)
+        _aggregation(self, *self._agg, mode.counts)
         make = simulator_sources(mode, len(self.devices), self.n_per_device)
         return TwoPassStrategy(mode, self.host, self.devices, make, make)
 
@@ -184,7 +186,7 @@ class AggregatedGradientIMNN(_Aggregated, GradientIMNN):
                          validation_derivative)
 
     def _strategy_for(self, mode, train, validation):
-        _aggregation(self, *self._agg, mode)
+        _aggregation(self, *self._agg, mode.counts)
         return self._two_pass(mode, train, validation)
 
 
@@ -201,5 +203,5 @@ class AggregatedNumericalGradientIMNN(_Aggregated, NumericalGradientIMNN):
                          validation_derivative)
 
     def _strategy_for(self, mode, train, validation):
-        _aggregation(self, *self._agg, mode)
+        _aggregation(self, *self._agg, mode.counts)
         return self._two_pass(mode, train, validation)

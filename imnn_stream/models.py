@@ -15,19 +15,25 @@ import jax.numpy as jnp
 __all__ = ["mlp", "cnn", "from_spec"]
 
 
-def _glorot(key, shape, fan_in, fan_out):
-    return jax.random.normal(key, shape) * math.sqrt(2.0 / (fan_in + fan_out))
-
-
 def _leaky_relu(x):
     return jnp.where(x > 0, x, 0.01 * x)
 
 
-def mlp(hidden=(128, 128), n_summaries=2):
-    """Fully connected network: flatten → [Dense → LeakyReLU]* → Dense(n_summaries).
+def _glorot(key, shape, fan_in, fan_out):
+    return jax.random.normal(key, shape) * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+ACTIVATIONS = {"leaky_relu": _leaky_relu, "gelu": jax.nn.gelu, "softplus": jax.nn.softplus,
+               "tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def mlp(hidden=(128, 128), n_summaries=2, activation="leaky_relu"):
+    """Fully connected network: flatten → [Dense → activation]* → Dense(n_summaries).
 
     Glorot-normal weights and N(0, 1e-6²) biases, as stax's ``Dense``.
+    activation: a name in ``ACTIVATIONS`` or a callable.
     """
+    act = ACTIVATIONS[activation] if isinstance(activation, str) else activation
     widths = tuple(int(h) for h in hidden) + (int(n_summaries),)
 
     def init(rng, input_shape):
@@ -46,7 +52,7 @@ def mlp(hidden=(128, 128), n_summaries=2):
         for i, (W, b) in enumerate(w):
             h = h @ W + b
             if i < len(w) - 1:
-                h = _leaky_relu(h)
+                h = act(h)
         return h
 
     return init, apply

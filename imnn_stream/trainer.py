@@ -72,6 +72,10 @@ class Trainer:
             except Exception as e:
                 raise TypeError("`key_or_state` must be a PRNG key (jax.random.PRNGKey) or a state "
                                 f"of the optimiser; reading parameters from it failed: {e}") from e
+            leaves = jax.tree_util.tree_leaves(w)
+            if not leaves or not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in leaves):
+                raise TypeError("`key_or_state` must be a PRNG key (jax.random.PRNGKey) or a state "
+                                f"of the optimiser holding array parameters, got {key_or_state!r:.80}")
             self.state = key_or_state
         out = jax.eval_shape(self.model, w, jax.ShapeDtypeStruct(self.input_shape, jnp.float32))
         if tuple(out.shape) != (self.n_summaries,):
@@ -261,6 +265,14 @@ class Trainer:
                 break
         self._record(jax.device_get(rows), bar, print_rate)
         return state, step, mon
+
+    def loss_gradient(self, λ, ϵ, w=None, key=None):
+        """(d loss / d w, statistics) at weights ``w`` (default ``self.w``) on the
+        training data — the quantity every strategy must agree on."""
+        α = fisher.alpha(λ, ϵ)
+        w = self.w if w is None else w
+        key = self._stats_key if key is None else key
+        return jax.device_get(self._strategy.value_and_grad(w, key, float(λ), α, self._strategy.train))
 
     # -- statistics and estimates ----------------------------------------------------
 

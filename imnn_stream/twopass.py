@@ -118,15 +118,17 @@ class TwoPass:
         cot = jax.device_get(cot)
         w_dev = [jax.device_put(w, dev) for dev in self.devices]
         acc = [jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, w), dev) for dev in self.devices]
-        window = [deque() for _ in self.devices]
+        dispatched = [0] * len(self.devices)
         for kind in self.mode.kinds:
             for d, b, positions, batch in self._batches("train", kind, sources[kind]):
                 c = jax.tree_util.tree_map(lambda a: a[positions], cot[kind])
                 batch, c = jax.device_put((batch, c), self.devices[d])
                 acc[d] = self._bwd[kind](w_dev[d], batch, c, acc[d])
-                window[d].append(acc[d])
-                if len(window[d]) > self.in_flight:
-                    jax.block_until_ready(window[d].popleft())
+                dispatched[d] += 1
+                if dispatched[d] % self.in_flight == 0:
+                    # each step consumes the previous sum, so waiting for the newest one
+                    # bounds the queued batches to in_flight per device
+                    jax.block_until_ready(acc[d])
         grads = [jax.device_put(a, self.host) for a in acc]
         g = jax.tree_util.tree_map(lambda *xs: sum(xs[1:], xs[0]), *grads)
         return g, st

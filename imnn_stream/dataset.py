@@ -1,0 +1,171 @@
+"""Streaming trainers: DatasetNumericalGradientIMNN and DatasetGradientIMNN.
+
+The streaming strategy is the two-pass strategy fed by per-device streams:
+either built from an archive's manifest (``from_archive``; batches carry
+their seed indices) or user-built iterators as in the reference package's
+recipes (bare arrays; batches are fingerprinted so that a shuffled stream or
+a wrong epoch length is caught instead of pairing gradients with the wrong
+samples).
+
+User iterators, device d of D, must serve (unshuffled, repeated) n_per_device
+records at a time of:
+
+* numerical ``fiducial[d]``: seeds [d·n_s/D, (d+1)·n_s/D), arrays float(n, *input_shape)
+* numerical ``derivative[d]``: records [d·R/D, (d+1)·R/D) of the R = n_d·2·n_params
+  finite-difference records in the order seed → sign → parameter
+* gradient ``main[d]``: seeds [d·n_d/D, (d+1)·n_d/D), tuples (float(n, *input_shape),
+  float(n, *input_shape, n_params))
+* gradient ``remaining[d]``: seeds n_d + [d·(n_s−n_d)/D, (d+1)·(n_s−n_d)/D)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import checks
+from .classes import _aggregation, _δθ
+from .modes import gradient_mode, numerical_mode
+from .sources import IteratorSource, StreamSource, device_blocks
+from .strategies import TwoPassStrategy
+from .trainer import Trainer
+
+__all__ = ["DatasetNumericalGradientIMNN", "DatasetGradientIMNN"]
+
+
+def _iterator_sources(mode, kind, iterators, n_devices, n_per_device, argument):
+    if not isinstance(iterators, (list, tuple)) or len(iterators) != n_devices:
+        raise TypeError(f"`{argument}` must be a list of {n_devices} per-device iterators "
+                        f"(one per device), got {type(iterators).__name__}"
+                        + (f" of length {len(iterators)}" if isinstance(iterators, (list, tuple)) else ""))
+    blocks = device_blocks(mode.counts[kind], n_devices, argument)
+    return [IteratorSource(iter(it), mode.fields[kind], a, b - a, n_per_device)
+            for it, (a, b) in zip(iterators, blocks)]
+
+
+def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params):
+    from writers.streams import device_streams, epoch_records
+    from writers.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    streams = device_streams(path, split, n_devices, n_per_device, prefetch=prefetch)
+    sources = {}
+    for kind in mode.kinds:
+        if kind not in streams:
+            sources[kind] = []  # `remaining` when n_s = n_d
+            continue
+        n_batches = -(-epoch_records(manifest, split, kind, n_devices) // n_per_device)
+        sources[kind] = [StreamSource(it, kind, mode.fields[kind], n_batches, n_d, n_params)
+                         for it in streams[kind]]
+    return sources, streams
+
+
+class _Streaming:
+    """Shared by both streaming classes: the strategy and the archive entry point."""
+
+    _archive_mode = None
+
+    def _stream_strategy(self, mode, train, validation):
+        return TwoPassStrategy(mode, self.host, self.devices, train, validation)
+
+    @classmethod
+    def from_archive(cls, path, model, optimiser, key_or_state, host, devices, n_per_device,
+                     n_summaries=None, validation=True, prefetch=2):
+        """Stream training (and, if present and ``validation``, validation) data from
+        the archive at ``path`` (local path or URL), laid out over ``devices``
+        (any count that divides the archive's counts)."""
+        from writers.manifest import read_manifest
+
+        m = read_manifest(path)
+        if m.mode != cls._archive_mode:
+            raise ValueError(f"{path}: archive mode is {m.mode!r}, {cls.__name__} needs a "
+                             f"{cls._archive_mode!r} archive")
+        self = cls.__new__(cls)
+        Trainer.__init__(self, m.n_s, m.n_d, m.n_params, n_summaries or m.n_params,
+                         tuple(m.input_shape), np.asarray(m.theta_fid, np.float32), model,
+                         optimiser, key_or_state)
+        self.archive = path
+        mode = self._make_mode(m)
+        _aggregation(self, host, devices, n_per_device)
+        n = len(self.devices)
+        train, self._streams = _archive_sources(path, "train", mode, n, self.n_per_device, prefetch,
+                                                self.n_d, self.n_params)
+        val, val_streams = (None, {})
+        if validation and "validation" in m.splits:
+            val, val_streams = _archive_sources(path, "validation", mode, n, self.n_per_device,
+                                                prefetch, self.n_d, self.n_params)
+        self._streams = [self._streams, val_streams]
+        self._configure(mode, self._stream_strategy(mode, train, val))
+        return self
+
+    def close(self):
+        """Stop the archive readers' threads."""
+        from writers.streams import close_all
+        for s in getattr(self, "_streams", []):
+            close_all(s)
+
+
+class DatasetNumericalGradientIMNN(_Streaming, Trainer):
+    """Finite-difference IMNN fed by per-device streams (see module docstring).
+
+    fiducial, derivative (and validation_…): lists of per-device iterators; δθ
+    float(n_params,) (records at θ_fid ∓ δθ/2); host, devices, n_per_device as the
+    aggregated classes. Or :meth:`from_archive`.
+    """
+
+    _archive_mode = "numerical"
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, fiducial, derivative, δθ, host, devices, n_per_device,
+                 validation_fiducial=None, validation_derivative=None):
+        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                         key_or_state)
+        self.δθ = _δθ(self, δθ)
+        mode = numerical_mode(self.model, self.n_s, self.n_d, self.n_params, self.δθ)
+        _aggregation(self, host, devices, n_per_device)
+        n = len(self.devices)
+
+        def sources(fid, der, prefix):
+            return {"fiducial": _iterator_sources(mode, "fiducial", fid, n, self.n_per_device,
+                                                  prefix + "fiducial"),
+                    "derivative": _iterator_sources(mode, "derivative", der, n, self.n_per_device,
+                                                    prefix + "derivative")}
+
+        if (validation_fiducial is None) != (validation_derivative is None):
+            raise ValueError("pass both `validation_fiducial` and `validation_derivative`, or neither")
+        val = None if validation_fiducial is None else sources(validation_fiducial,
+                                                               validation_derivative, "validation_")
+        self._configure(mode, self._stream_strategy(mode, sources(fiducial, derivative, ""), val))
+
+    def _make_mode(self, m):
+        self.δθ = _δθ(self, m.delta_theta)
+        return numerical_mode(self.model, self.n_s, self.n_d, self.n_params, self.δθ)
+
+
+class DatasetGradientIMNN(_Streaming, Trainer):
+    """Chain-rule IMNN fed by per-device streams: ``main`` (the first n_d seeds with
+    dsim/dθ) and ``remaining`` (the other n_s − n_d), see module docstring. Or
+    :meth:`from_archive`."""
+
+    _archive_mode = "gradient"
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, main, remaining, host, devices, n_per_device,
+                 validation_main=None, validation_remaining=None):
+        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                         key_or_state)
+        mode = gradient_mode(self.model, self.n_s, self.n_d, self.n_params)
+        _aggregation(self, host, devices, n_per_device)
+        n = len(self.devices)
+
+        def sources(m, r, prefix):
+            return {"main": _iterator_sources(mode, "main", m, n, self.n_per_device, prefix + "main"),
+                    "remaining": _iterator_sources(mode, "remaining", r, n, self.n_per_device,
+                                                   prefix + "remaining")}
+
+        if (validation_main is None) != (validation_remaining is None):
+            raise ValueError("pass both `validation_main` and `validation_remaining`, or neither")
+        val = None if validation_main is None else sources(validation_main, validation_remaining,
+                                                           "validation_")
+        self._configure(mode, self._stream_strategy(mode, sources(main, remaining, ""), val))
+
+    def _make_mode(self, m):
+        return gradient_mode(self.model, self.n_s, self.n_d, self.n_params)
