@@ -278,7 +278,7 @@ class BatchSimulator:
             raise SimulationError(
                 f"simulator {self.name} raised for seed {int(seeds[0])} (batch of seeds "
                 f"{int(seeds[0])}..{int(seeds[-1])}, base seed {base_seed}, kind {kind}) at "
-                f"θ = {self._theta_desc(kind)}: {type(err).__name__}: {err}") from err
+                f"θ = {self._theta_desc(kind)}: {_short(err)}") from err
         self._check_finite(kind, base_seed, seeds, out)
         return out
 
@@ -333,6 +333,15 @@ def shard_records(batcher: BatchSimulator, kind: str, base_seed: int, first_seed
     for start in range(first_seed, last_seed + 1, size):
         seeds = np.arange(start, min(start + size, last_seed + 1), dtype=np.int64)
         yield from batcher.records(kind, base_seed, seeds, encode)
+
+
+def _short(err: BaseException) -> str:
+    """One line for an exception; a host callback's error arrives as a whole
+    traceback, whose last line is the one that matters."""
+    lines = [l for l in str(err).strip().splitlines() if l.strip()]
+    if len(lines) > 1:
+        return f"{type(err).__name__}: {lines[0]} ... {lines[-1].strip()}"
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def _fmt(theta) -> str:
