@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from typing import Optional, Sequence
@@ -84,6 +85,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_ints, default=None, metavar="N1,N2,...",
                    help="expected shape of one simulation (checked before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="show Beam's own log messages")
     p.set_defaults(func=run)
     return p
 
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
     from .job import JobError
     from .simulate import SimulationError
 
+    if not args.verbose:  # Beam relays every worker's start-up chatter otherwise
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
     seeds = {"train": args.seed}
     if not args.no_validation:
         seeds["validation"] = args.validation_seed

@@ -152,7 +152,7 @@ class WriteShard(beam.DoFn):
         # built and jitted once per worker; compiled once per kind on first use
         self.batcher = BatchSimulator(load_simulator(spec), spec.describe(), job.mode,
                                       job.theta_fid, job.delta_theta, job.batch_size,
-                                      input_shape=job.input_shape)
+                                      input_shape=job.input_shape, check=False)
 
     def process(self, spec_json: dict):
         spec = ShardSpec.from_json(spec_json)

@@ -165,10 +165,13 @@ class BatchSimulator:
         holds ``max(1, batch_size // (2·n_params))`` seeds.
     input_shape : expected shape of one simulation, or None to accept the
         simulator's own.
+    check : trace the simulator abstractly to check its output (shape, dtype,
+        one array); skipped when False and ``input_shape`` is given.
     """
 
     def __init__(self, simulator, name: str, mode: str, theta_fid, delta_theta=None,
-                 batch_size: int = 64, input_shape: Sequence[int] | None = None):
+                 batch_size: int = 64, input_shape: Sequence[int] | None = None,
+                 check: bool = True):
         self.simulator = simulator
         self.name = name
         self.mode = mode
@@ -177,7 +180,10 @@ class BatchSimulator:
         self.delta_theta = (None if delta_theta is None
                             else np.asarray(delta_theta, np.float32).reshape(-1))
         self.batch_size = int(batch_size)
-        self.input_shape = self.check_shape(input_shape)
+        # Workers receive a shape the driver already checked: tracing the
+        # simulator 1 + 2·n_params more times per worker would only cost start-up.
+        self.input_shape = (self.check_shape(input_shape) if check or input_shape is None
+                            else tuple(input_shape))
         self._compiled: dict[str, Callable] = {}
 
     # -- shape checks -------------------------------------------------------
@@ -279,6 +285,13 @@ class BatchSimulator:
                 f"simulator {self.name} raised for seed {int(seeds[0])} (batch of seeds "
                 f"{int(seeds[0])}..{int(seeds[-1])}, base seed {base_seed}, kind {kind}) at "
                 f"θ = {self._theta_desc(kind)}: {_short(err)}") from err
+        data = out[0] if isinstance(out, tuple) else out
+        expected = (n,) + ((2, self.n_params) if self.mode == "numerical" and kind == "derivative"
+                           else ()) + self.input_shape
+        if data.shape != expected:
+            raise SimulationError(
+                f"simulator {self.name} returned shape {data.shape[len(expected) - len(self.input_shape):]}"
+                f" for seed {int(seeds[0])} (kind {kind}), expected {self.input_shape}")
         self._check_finite(kind, base_seed, seeds, out)
         return out
 
