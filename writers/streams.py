@@ -21,6 +21,7 @@ buffer).
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import struct
 import threading
@@ -34,7 +35,7 @@ from . import fs
 from .errors import ArchiveError, LayoutError
 from .layout import KindInfo, device_seeds
 from .manifest import Manifest, read_manifest
-from .schema import RecordSpec, parse_features
+from .schema import RecordSpec, _parse_flat, parse_flat
 from .tfrecord import FOOTER_BYTES, HEADER_BYTES, iter_records
 
 _LEN = struct.Struct("<Q")
@@ -89,10 +90,10 @@ def _skip_records(f, n: int, path: str) -> None:
         f.seek(length + FOOTER_BYTES, 1)
 
 
-def iter_segment_records(root: str, segs: list[Segment], info: KindInfo,
-                         check_crc: bool = True) -> Iterator[tuple[str, int, dict]]:
-    """Yield ``(path, record_number, features)`` for every record of the
-    segments, checking that seeds come in the expected order."""
+def iter_segment_raw(root: str, segs: list[Segment], info: KindInfo,
+                     check_crc: bool = True) -> Iterator[tuple[str, int, int, bytes]]:
+    """Yield ``(path, record_number, expected_seed, payload)`` for every
+    record of the segments (framing and CRCs checked, payload not parsed)."""
     rps = info.records_per_seed
     for seg in segs:
         path = fs.join(root, seg.path)
@@ -100,39 +101,85 @@ def iter_segment_records(root: str, segs: list[Segment], info: KindInfo,
             _skip_records(f, seg.skip, path)
             it = iter_records(f, path, check_crc)
             for i in range(seg.take):
-                r = seg.skip + i
                 try:
                     raw = next(it)
                 except StopIteration:
-                    raise ArchiveError(f"file ends after {r} records, expected at least "
-                                       f"{seg.skip + seg.take}", path, r) from None
-                try:
-                    feats = parse_features(raw)
-                except ValueError as e:
-                    raise ArchiveError(str(e), path, r) from None
-                seed = seg.first_seed + i // rps
-                got = feats.get("seed", (None, [None]))[1]
-                if not got or got[0] != seed:
-                    raise ArchiveError(f"expected seed {seed}, got {got[:1]} "
-                                       f"(records out of order or missing)", path, r)
-                yield path, r, feats
+                    raise ArchiveError(f"file ends after {seg.skip + i} records, expected at "
+                                       f"least {seg.skip + seg.take}", path,
+                                       seg.skip + i) from None
+                yield path, seg.skip + i, seg.first_seed + i // rps, raw
+
+
+def iter_segment_records(root: str, segs: list[Segment], info: KindInfo,
+                         check_crc: bool = True) -> Iterator[tuple[str, int, dict]]:
+    """Yield ``(path, record_number, features)`` (see
+    :func:`writers.schema.parse_flat`), checking that seeds come in order."""
+    for path, r, seed, raw in iter_segment_raw(root, segs, info, check_crc):
+        feats = _parse(raw, path, r)
+        if feats.get("seed") != seed:
+            raise ArchiveError(f"expected seed {seed}, got {feats.get('seed')} "
+                               f"(records out of order or missing)", path, r)
+        yield path, r, feats
+
+
+def _parse(raw, path, r) -> dict:
+    try:
+        return parse_flat(raw)
+    except ValueError as e:
+        raise ArchiveError(f"malformed tf.train.Example: {e}", path, r) from None
 
 
 def _bytes_into(out: np.ndarray, i: int, feats: dict, name: str, path, r) -> None:
-    kind, values = feats.get(name, (None, []))
-    row = out[i]
-    if kind != "bytes" or len(values) != 1 or len(values[0]) != row.nbytes:
-        got = len(values[0]) if kind == "bytes" and values else kind
-        raise ArchiveError(f"feature {name!r}: expected {row.nbytes} bytes "
-                           f"({out.dtype.name}{list(row.shape)}), got {got}", path, r)
-    row.reshape(-1).view(np.uint8)[:] = np.frombuffer(values[0], np.uint8)
+    value = feats.get(name)
+    flat = out.reshape(out.shape[0], -1).view(np.uint8)  # a view: rows of raw bytes
+    if not isinstance(value, bytes) or len(value) != flat.shape[1]:
+        got = len(value) if isinstance(value, bytes) else type(value).__name__
+        raise ArchiveError(f"feature {name!r}: expected {flat.shape[1]} bytes "
+                           f"({out.dtype.name}{list(out.shape[1:])}), got {got}", path, r)
+    flat[i] = np.frombuffer(value, np.uint8)
 
 
 def _int_into(out: np.ndarray, i: int, feats: dict, name: str, path, r) -> None:
-    kind, values = feats.get(name, (None, []))
-    if kind != "int64" or len(values) != 1:
-        raise ArchiveError(f"feature {name!r}: expected one int64, got {kind}", path, r)
-    out[i] = values[0]
+    value = feats.get(name)
+    if not isinstance(value, int):
+        raise ArchiveError(f"feature {name!r}: expected one int64, got {value!r:.40}", path, r)
+    out[i] = value
+
+
+class _Template:
+    """Byte layout shared by a run of equal-length records: where each
+    field's value sits, and the bytes every record must share elsewhere.
+    Lets a run be decoded with a few NumPy slices instead of a parse per
+    record; any record that differs falls back to the per-record parser."""
+
+    def __init__(self, raw: bytes, fields):
+        offsets = {}
+        _parse_flat(raw, offsets)
+        self.length = len(raw)
+        self.slices = {}
+        mask = np.ones(len(raw), bool)
+        for name, _, typ, _ in fields:
+            if name not in offsets:
+                raise ValueError(name)
+            start, end = offsets[name]
+            self.slices[name] = (start, end)
+            mask[start:end] = False
+        self.fixed = np.flatnonzero(mask)
+        self.expected = np.frombuffer(raw, np.uint8)[self.fixed]
+
+    def matches(self, arr: np.ndarray) -> bool:
+        return bool((arr[:, self.fixed] == self.expected).all())
+
+
+def _varints(cols: np.ndarray) -> Optional[np.ndarray]:
+    """Decode fixed-width varint columns (n, w) → int64(n); None if not valid."""
+    w = cols.shape[1]
+    if (cols[:, -1] >= 0x80).any() or (w > 1 and (cols[:, :-1] < 0x80).any()):
+        return None
+    value = np.zeros(cols.shape[0], np.uint64)
+    for j in range(w):
+        value |= (cols[:, j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
+    return value.view(np.int64)
 
 
 class _Source:
@@ -143,9 +190,73 @@ class _Source:
     def __init__(self, root, segs, info, fields, check_crc):
         self.root, self.segs, self.info = root, segs, info
         self.fields, self.check_crc = fields, check_crc
+        self.template = None
 
-    def records(self):
-        return iter_segment_records(self.root, self.segs, self.info, self.check_crc)
+    def raw(self):
+        return iter_segment_raw(self.root, self.segs, self.info, self.check_crc)
+
+    def fill(self, batch: dict, i0: int, records: list) -> None:
+        """Decode ``records`` [(path, r, expected_seed, payload)] into rows
+        ``i0..`` of the batch arrays."""
+        start = 0
+        while start < len(records):
+            path, length = records[start][0], len(records[start][3])
+            stop = start + 1
+            while (stop < len(records) and records[stop][0] == path
+                   and len(records[stop][3]) == length):
+                stop += 1
+            run = records[start:stop]
+            if not (len(run) > 1 and self._fill_vectorised(batch, i0 + start, run)):
+                self._fill_each(batch, i0 + start, run)
+            start = stop
+
+    def _fill_each(self, batch, i0, run):
+        for j, (path, r, seed, raw) in enumerate(run):
+            feats = _parse(raw, path, r)
+            if feats.get("seed") != seed:
+                raise ArchiveError(f"expected seed {seed}, got {feats.get('seed')} "
+                                   f"(records out of order or missing)", path, r)
+            for name, key, typ, _ in self.fields:
+                (_int_into if typ == "int" else _bytes_into)(batch[key], i0 + j, feats,
+                                                             name, path, r)
+
+    def _fill_vectorised(self, batch, i0, run) -> bool:
+        length = len(run[0][3])
+        if self.template is None or self.template.length != length:
+            try:
+                self.template = _Template(run[0][3], self.fields)
+            except (ValueError, IndexError):
+                self.template = None
+                return False
+        t = self.template
+        arr = np.frombuffer(b"".join(x[3] for x in run), np.uint8).reshape(len(run), length)
+        if not t.matches(arr):
+            return False
+        values = {}
+        for name, key, typ, _ in self.fields:
+            a, b = t.slices[name]
+            if typ == "int":
+                v = _varints(arr[:, a:b])
+                if v is None:
+                    return False
+                values[key] = v
+            else:
+                out = batch[key]
+                if b - a != out[0].nbytes:
+                    return False  # wrong size: the per-record path reports it
+                values[key] = arr[:, a:b]
+        seeds = values.get("seed")
+        expected = np.fromiter((x[2] for x in run), np.int64, len(run))
+        if seeds is None or not np.array_equal(seeds, expected):
+            return False  # the per-record path names the first bad record
+        n = len(run)
+        for key, v in values.items():
+            out = batch[key]
+            if v.ndim == 1:
+                out[i0:i0 + n] = v
+            else:
+                out[i0:i0 + n].reshape(n, -1).view(np.uint8)[:] = v
+        return True
 
 
 class DeviceStream:
@@ -201,7 +312,7 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 def _produce(sources, n, epoch, dtype, q, stop):
     try:
         while not stop.is_set():
-            its = [s.records() for s in sources]
+            its = [s.raw() for s in sources]
             done = 0
             while done < epoch and not stop.is_set():
                 size = min(n, epoch - done)
@@ -211,17 +322,14 @@ def _produce(sources, n, epoch, dtype, q, stop):
                         if key not in batch:
                             batch[key] = (np.empty((size,), np.int64) if typ == "int"
                                           else np.empty((size,) + shape, dtype))
-                for i in range(size):
-                    seeds = []
-                    for s, it in zip(sources, its):
-                        path, r, feats = next(it)
-                        seeds.append((feats["seed"][1][0], path, r))
-                        for name, key, typ, _ in s.fields:
-                            (_int_into if typ == "int" else _bytes_into)(
-                                batch[key], i, feats, name, path, r)
-                    if len({x[0] for x in seeds}) != 1:  # zipped sources must agree
-                        raise ArchiveError(f"seed mismatch between {seeds}", seeds[0][1],
-                                           seeds[0][2])
+                # Each source checks its records' seeds against the device's
+                # seed range, so zipped sources are matched by seed.
+                for s, it in zip(sources, its):
+                    records = list(itertools.islice(it, size))
+                    if len(records) != size:
+                        raise ArchiveError(f"stream ended after {done + len(records)} "
+                                           f"records of an epoch of {epoch}")
+                    s.fill(batch, 0, records)
                 done += size
                 if not _put(q, batch, stop):
                     return
@@ -289,7 +397,8 @@ def device_streams(root: str, split: str, n_devices: int, n_per_device: int,
                     dinfo = m.kind_info(split, "derivative")
                     sources.append(_Source(
                         root, _seed_segments(m, split, "derivative", a, b), dinfo,
-                        [("data", "gradient", "bytes", grad_shape)], check_crc))
+                        [("seed", "seed", "int", ()), ("data", "gradient", "bytes", grad_shape)],
+                        check_crc))
                 epoch = b - a
             else:
                 sources = [_Source(root, segments(m, split, kind, n_devices, d), info,

@@ -122,3 +122,34 @@ def test_shards_capped_by_bytes(tmp_path):
     files = m.files("train", "fiducial")
     assert len(files) > 1 and all(f["bytes"] <= 250 for f in files)
     assert writers.validate(root).ok
+
+
+def test_streams_across_varint_widths_and_negative_values(tmp_path):
+    """Seeds 0..299 span one- and two-byte varints (records of two lengths)."""
+    fid = np.arange(300 * 2, dtype=np.float32).reshape(300, 2) - 7
+    root = str(tmp_path / "v")
+    write_arrays(root, "fiducial", [1.0], fiducial=fid, records_per_shard=77)
+    for n_devices, n in ((1, 64), (3, 50), (4, 75)):
+        streams = device_streams(root, "train", n_devices, n)
+        try:
+            got = read_epoch(streams, "fiducial", n_devices, 300 // n_devices)
+            np.testing.assert_array_equal(got["data"], fid)
+            np.testing.assert_array_equal(got["seed"], np.arange(300))
+        finally:
+            close_all(streams)
+
+
+def test_stream_names_out_of_order_record(numerical_archive):
+    from writers.tfrecord import frame, read_records
+    root, m = numerical_archive
+    rel = m.files("train", "fiducial")[0]["path"]
+    recs = read_records(f"{root}/{rel}")
+    recs[2], recs[3] = recs[3], recs[2]
+    with open(f"{root}/{rel}", "wb") as f:
+        f.write(b"".join(frame(r) for r in recs))
+    streams = device_streams(root, "train", 1, 16)
+    try:
+        with pytest.raises(ArchiveError, match=rf"{rel}, record 2: expected seed 2, got 3"):
+            next(streams["fiducial"][0])
+    finally:
+        close_all(streams)
