@@ -131,6 +131,9 @@ def validate(root: str, nonfinite_fatal: bool = False, max_issues_per_file: int 
     listed = {f["path"] for f in m.all_files()}
     present = set(fs.list_files(root))
     allowed = {MANIFEST_NAME} | ({m.index} if m.index else set())
+    # tensorflow-datasets metadata (writers.tfds_meta) beside each split
+    allowed |= {f"{s}/{name}" for s in m.layout
+                for name in ("dataset_info.json", "features.json")}
     for extra in sorted(present - listed - allowed):
         if fs.TEMP_MARKER in extra:
             err("unlisted file (temporary file left by an interrupted write)", extra)
