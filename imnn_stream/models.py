@@ -24,7 +24,7 @@ def _glorot(key, shape, fan_in, fan_out):
 
 
 ACTIVATIONS = {"leaky_relu": _leaky_relu, "gelu": jax.nn.gelu, "softplus": jax.nn.softplus,
-               "tanh": jnp.tanh, "relu": jax.nn.relu}
+               "tanh": jnp.tanh, "relu": jax.nn.relu, "square": jnp.square}
 
 
 def mlp(hidden=(128, 128), n_summaries=2, activation="leaky_relu"):

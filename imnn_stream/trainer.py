@@ -27,6 +27,64 @@ _CHUNK = 500  # iterations per compiled chunk when no progress bar is asked for
 _SAVE_VERSION = 1
 
 
+def estimate(apply, w, input_shape, θ_fid, statistics, d, chunk=4096):
+    """θ̂ for one input float(*input_shape) or a batch float(n, *input_shape), the
+    network applied ``chunk`` inputs at a time. statistics: invF, dμ_dθ, invC, μ."""
+    d = np.asarray(d)
+    k = len(input_shape)
+    if d.shape == tuple(input_shape):
+        x = apply(w, d)
+    elif d.ndim == k + 1 and d.shape[1:] == tuple(input_shape):
+        x = np.concatenate([np.asarray(apply(w, d[i:i + chunk])) for i in range(0, len(d), chunk)]
+                           or [np.zeros((0, np.shape(statistics["μ"])[0]), np.float32)])
+    else:
+        raise ValueError(f"`d` must have shape {tuple(input_shape)} (one input) or "
+                         f"(n, {', '.join(map(str, input_shape))}) (a batch), got {d.shape}")
+    return np.asarray(fisher.quasi_ml_estimate(jnp.asarray(x), θ_fid, statistics["invF"],
+                                               statistics["dμ_dθ"], statistics["invC"],
+                                               statistics["μ"]))
+
+
+class _Loop:
+    """Mutable state of a running fit: optimiser state, loop key, step count,
+    early-stopping monitor and iterations done in this fit."""
+
+    def __init__(self, state, key, step, mon, done):
+        self.state, self.key, self.step, self.mon, self.done = state, key, step, mon, done
+
+
+class _Checkpoint:
+    """``checkpoint_dir/checkpoint.pkl``: everything a killed fit needs to go on,
+    written atomically. ``run`` (the fit's arguments) must match on resume."""
+
+    def __init__(self, directory, run):
+        self.dir, self.run = os.fspath(directory), run
+        self.path = os.path.join(self.dir, "checkpoint.pkl")
+
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def save(self, trainer, loop):
+        os.makedirs(self.dir, exist_ok=True)
+        blob = jax.device_get(dict(run=self.run, state=loop.state, key=loop.key, step=loop.step,
+                                   mon=loop.mon, done=loop.done, history=trainer.history,
+                                   stats_key=trainer._stats_key))
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            pickle.dump(blob, f)
+        os.replace(tmp, self.path)
+
+    def restore(self, trainer):
+        with open(self.path, "rb") as f:
+            blob = pickle.load(f)
+        if blob["run"] != self.run:
+            diff = {k: (blob["run"].get(k), v) for k, v in self.run.items() if blob["run"].get(k) != v}
+            raise ValueError(f"{self.path}: checkpoint was written by a fit with other arguments "
+                             f"(saved, now): {diff}; use another checkpoint_dir or resume=False")
+        trainer.history, trainer._stats_key = blob["history"], blob["stats_key"]
+        return _Loop(blob["state"], blob["key"], jnp.int32(blob["step"]), blob["mon"], blob["done"])
+
+
 class NonFiniteError(FloatingPointError):
     """Summaries, their derivatives or the loss became NaN or infinite."""
 
@@ -124,7 +182,7 @@ class Trainer:
     # -- fitting -----------------------------------------------------------------------
 
     def fit(self, λ, ϵ, rng=None, patience=100, min_iterations=100, max_iterations=100000,
-            print_rate=None, best=True):
+            print_rate=None, best=True, checkpoint_dir=None, checkpoint_every=None, resume=False):
         """Fit the network by maximising log det F with the covariance regulariser.
 
         λ, ϵ: regulariser strength and closeness of C to identity (α(λ, ϵ) must be
@@ -136,6 +194,11 @@ class Trainer:
         so many iterations. ``best``: leave ``w`` at the best weights (else the
         final ones). Calling ``fit`` again continues: history is appended and the
         optimiser's step count goes on.
+
+        ``checkpoint_dir`` / ``checkpoint_every``: save weights, optimiser state,
+        history, best weights and the random key every so many iterations; with
+        ``resume=True`` a killed fit continues from the last checkpoint and ends
+        with the same weights as an uninterrupted run.
         """
         α = fisher.alpha(λ, ϵ)
         λ = float(λ)
@@ -146,6 +209,12 @@ class Trainer:
             print_rate = checks.positive_int(print_rate, "print_rate")
         if not isinstance(best, (bool, np.bool_)):
             raise TypeError(f"`best` must be a bool, got {type(best).__name__}")
+        if checkpoint_every is not None:
+            checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every")
+            if checkpoint_dir is None:
+                raise ValueError("`checkpoint_every` needs `checkpoint_dir`")
+        if resume and checkpoint_dir is None:
+            raise ValueError("`resume=True` needs `checkpoint_dir`")
         if rng is None:
             if self._needs_rng:
                 raise ValueError("`rng` is required: this IMNN simulates new data each iteration "
@@ -153,29 +222,39 @@ class Trainer:
             rng = jax.random.PRNGKey(0)
         elif not checks.is_key(rng):
             raise TypeError(f"`rng` must be a PRNG key (jax.random.PRNGKey), got {rng!r}")
+        args = (λ, α, patience, min_iterations)
+        run = dict(λ=λ, ϵ=float(ϵ), patience=patience, min_iterations=min_iterations,
+                   max_iterations=max_iterations, rng=np.asarray(jax.random.key_data(rng)
+                                                                 if rng.dtype != np.uint32 else rng).tolist())
+        ckpt = None if checkpoint_dir is None else _Checkpoint(checkpoint_dir, run)
         key, self._stats_key = jax.random.split(rng)
         w = self._opt.params(self.state)
         mon = self._monitor if self._monitor is not None else self._new_monitor(w)
         mon = dict(mon, count=jnp.int32(0), stop=jnp.bool_(False), bad=jnp.int32(-1))
-        step = jnp.int32(self._step)
-        bar = tqdm(total=max_iterations, disable=print_rate is None, desc="fit", unit="it")
-        args = (λ, α, patience, min_iterations)
+        loop = _Loop(state=self.state, key=key, step=jnp.int32(self._step), mon=mon, done=0)
+        if resume and ckpt.exists():
+            loop = ckpt.restore(self)
+        # commit the carried state to one device, so that every fit call sees the same
+        # argument placement and reuses the compiled loop
+        host = getattr(self, "host", None) or jax.devices()[0]
+        loop.state, loop.key, loop.step, loop.mon = jax.device_put(
+            (loop.state, loop.key, loop.step, loop.mon), host)
+        bar = tqdm(total=max_iterations, initial=loop.done, disable=print_rate is None,
+                   desc="fit", unit="it")
         try:
-            if self._strategy.compiled:
-                state, step, mon = self._fit_compiled(self.state, key, step, mon, max_iterations,
-                                                      print_rate, bar, args)
-            else:
-                state, step, mon = self._fit_stepwise(self.state, key, step, mon, max_iterations,
-                                                      print_rate, bar, args)
+            fit_loop = self._fit_compiled if self._strategy.compiled else self._fit_stepwise
+            fit_loop(loop, max_iterations, print_rate, bar, args, ckpt, checkpoint_every)
         finally:
             bar.close()
-        self.state, self._step, self._monitor = state, int(step), mon
-        if int(mon["bad"]) >= 0:
+        self.state, self._step, self._monitor = loop.state, int(loop.step), loop.mon
+        if ckpt is not None:
+            ckpt.save(self, loop)
+        if int(loop.mon["bad"]) >= 0:
             raise NonFiniteError(
-                f"non-finite summaries, derivatives or loss at iteration {int(mon['bad'])} "
+                f"non-finite summaries, derivatives or loss at iteration {int(loop.mon['bad'])} "
                 "(fitting stopped; weights and history kept up to the previous iteration)")
-        self.final_w = self._opt.params(state)
-        self.best_w = mon["best_w"]
+        self.final_w = self._opt.params(loop.state)
+        self.best_w = loop.mon["best_w"]
         self.w = self.best_w if best else self.final_w
         self.set_F_statistics(self.w, key=self._stats_key)
         return self
@@ -225,46 +304,51 @@ class Trainer:
         self._runners[chunk] = jax.jit(run)
         return self._runners[chunk]
 
-    def _fit_compiled(self, state, key, step, mon, max_iterations, print_rate, bar, args):
-        chunk = print_rate or min(_CHUNK, max_iterations)
+    def _fit_compiled(self, loop, max_iterations, print_rate, bar, args, ckpt, every):
+        chunk = min(c for c in (print_rate, every, _CHUNK, max_iterations) if c)
+        if print_rate is None and every is None:
+            chunk = _CHUNK  # one compiled shape whatever max_iterations is
         runner = self._chunk_runner(chunk)
-        done = 0
-        while done < max_iterations:
-            n = min(chunk, max_iterations - done)
+        while loop.done < max_iterations:
+            n = min(chunk, max_iterations - loop.done)
             t0 = time.perf_counter()
-            state, key, step, mon, j, buf = runner(state, key, step, mon, jnp.int32(n),
-                                                   jnp.int32(done), *args,
-                                                   self._strategy.train, self._strategy.validation)
+            loop.state, loop.key, loop.step, loop.mon, j, buf = runner(
+                loop.state, loop.key, loop.step, loop.mon, jnp.int32(n), jnp.int32(loop.done),
+                *args, self._strategy.train, self._strategy.validation)
             j = int(j)
             self._record(np.asarray(buf)[:j], bar, print_rate,
                          seconds=(time.perf_counter() - t0) / max(j, 1))
-            done += j
-            if bool(mon["stop"]) or int(mon["bad"]) >= 0 or j < n:
+            loop.done += j
+            if ckpt is not None and every is not None:
+                ckpt.save(self, loop)
+            if bool(loop.mon["stop"]) or int(loop.mon["bad"]) >= 0 or j < n:
                 break
-        return state, step, mon
 
-    def _fit_stepwise(self, state, key, step, mon, max_iterations, print_rate, bar, args):
+    def _fit_stepwise(self, loop, max_iterations, print_rate, bar, args, ckpt, every):
         λ, α, patience, min_iterations = args
         strategy = self._strategy
         rows = []
         t0 = time.perf_counter()
-        for i in range(max_iterations):
-            key, kt, kv = jax.random.split(key, 3)
-            w = self._opt.params(state)
+        while loop.done < max_iterations:
+            loop.key, kt, kv = jax.random.split(loop.key, 3)
+            w = self._opt.params(loop.state)
             g, st = strategy.value_and_grad(w, kt, λ, α, strategy.train)
             vst = strategy.stats(w, kv, λ, α, strategy.validation) if self.validate else st
-            state, step, mon, row = self._book(state, g, step, mon, w, st, vst, i,
-                                               patience, min_iterations)
+            loop.state, loop.step, loop.mon, row = self._book(
+                loop.state, g, loop.step, loop.mon, w, st, vst, loop.done, patience, min_iterations)
+            loop.done += 1
             rows.append(row)
-            stop = bool(mon["stop"]) or int(mon["bad"]) >= 0
-            if print_rate is not None and (len(rows) >= print_rate or stop):
+            stop = bool(loop.mon["stop"]) or int(loop.mon["bad"]) >= 0
+            save = ckpt is not None and every is not None and loop.done % every == 0
+            if stop or save or (print_rate is not None and len(rows) >= print_rate):
                 self._record(jax.device_get(rows), bar, print_rate,
                              seconds=(time.perf_counter() - t0) / len(rows))
                 rows, t0 = [], time.perf_counter()
+            if save:
+                ckpt.save(self, loop)
             if stop:
                 break
         self._record(jax.device_get(rows), bar, print_rate)
-        return state, step, mon
 
     def loss_gradient(self, λ, ϵ, w=None, key=None):
         """(d loss / d w, statistics) at weights ``w`` (default ``self.w``) on the
@@ -305,18 +389,8 @@ class Trainer:
         """
         if self.F is None:
             raise RuntimeError("Fisher statistics are not set: call `fit` or `set_F_statistics` first")
-        d = np.asarray(d)
-        k = len(self.input_shape)
-        if d.shape == self.input_shape:
-            x = self._apply(self.w, d)
-        elif d.ndim == k + 1 and d.shape[1:] == self.input_shape:
-            x = np.concatenate([np.asarray(self._apply(self.w, d[i:i + 4096]))
-                                for i in range(0, len(d), 4096)] or [np.zeros((0, self.n_summaries))])
-        else:
-            raise ValueError(f"`d` must have shape {self.input_shape} (one input) or "
-                             f"(n, {', '.join(map(str, self.input_shape))}) (a batch), got {d.shape}")
-        return np.asarray(fisher.quasi_ml_estimate(jnp.asarray(x), self.θ_fid, self.invF,
-                                                   self.dμ_dθ, self.invC, self.μ))
+        return estimate(self._apply, self.w, self.input_shape, self.θ_fid,
+                        dict(invF=self.invF, dμ_dθ=self.dμ_dθ, invC=self.invC, μ=self.μ), d)
 
     # -- plotting, saving ----------------------------------------------------------------
 
