@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["mlp", "cnn", "from_spec"]
+__all__ = ["mlp", "cnn", "polynomial", "from_spec"]
 
 
 def _leaky_relu(x):
@@ -110,15 +110,40 @@ def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
     return init, apply
 
 
+def polynomial(degree=2, n_summaries=2):
+    """Linear map of the monomials x, x², …, x^degree of every input value.
+
+    Exactly represents the sufficient statistics of Gaussian problems (Σd, Σd²),
+    which makes it the reference network for checking that a trainer reaches
+    the exact Fisher information.
+    """
+    degree = int(degree)
+
+    def init(rng, input_shape):
+        n = int(math.prod(input_shape)) * degree
+        return (int(n_summaries),), (jax.random.normal(rng, (n, int(n_summaries))) / math.sqrt(n),
+                                     jnp.zeros(int(n_summaries)))
+
+    def apply(w, x):
+        W, b = w
+        n_in = W.shape[0] // degree
+        h = x.reshape(x.shape[: x.ndim - _input_ndim(x, n_in)] + (n_in,))
+        return jnp.concatenate([h ** (p + 1) for p in range(degree)], -1) @ W + b
+
+    return init, apply
+
+
 def from_spec(spec: str, n_summaries: int):
     """Model from a command-line spec.
 
-    ``mlp:128,128`` · ``cnn:8,16`` (conv channels; dense width 64) ·
+    ``mlp:128,128`` · ``cnn:8,16`` (conv channels; dense width 64) · ``polynomial:2`` ·
     ``package.module:function`` (a factory called as ``function(n_summaries)``
     returning ``(init, apply)``).
     """
     name, _, args = spec.partition(":")
-    numbers = [int(a) for a in args.split(",") if a] if name in ("mlp", "cnn") else None
+    numbers = [int(a) for a in args.split(",") if a] if name in ("mlp", "cnn", "polynomial") else None
+    if name == "polynomial":
+        return polynomial(numbers[0] if numbers else 2, n_summaries)
     if name == "mlp":
         return mlp(numbers or (128, 128), n_summaries)
     if name == "cnn":

@@ -1,0 +1,88 @@
+"""The command line end to end: fit from an archive, kill and resume, estimate."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from writers.archive import write_arrays
+from conftest import DELTA_THETA, THETA_FID, toy_data
+
+CLI = [sys.executable, "-m", "imnn_stream.cli"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (f, d, _), (vf, vd, _) = toy_data(0, 200, 200), toy_data(1, 200, 200)
+    path = str(root / "archive")
+    write_arrays(path, "numerical", THETA_FID, DELTA_THETA, fiducial=f, derivative=d,
+                 validation_fiducial=vf, validation_derivative=vd, n_devices=2,
+                 records_per_shard=50)
+    target = str(root / "target")
+    write_arrays(target, "fiducial", THETA_FID, fiducial=toy_data(9, 64, 1)[0], n_devices=1,
+                 records_per_shard=64)
+    return path, target
+
+
+def fit_args(archive, out, iterations):
+    return CLI + ["fit", archive, "--model", "mlp:32,32", "--optimiser", "adam:1e-3",
+                  "--devices", "2", "--n-per-device", "50", "--max-iterations", str(iterations),
+                  "--min-iterations", str(iterations), "--patience", str(iterations),
+                  "--checkpoint-every", "3", "--out", out]
+
+
+def final_w(run):
+    with open(os.path.join(run, "imnn.pkl"), "rb") as f:
+        return pickle.load(f)["final_w"]
+
+
+def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
+    path, _ = archive
+    iterations = 40
+    whole = str(tmp_path / "whole")
+    subprocess.run(fit_args(path, whole, iterations), check=True, capture_output=True, timeout=600)
+
+    cut = str(tmp_path / "cut")
+    ckpt = os.path.join(cut, "checkpoint", "checkpoint.pkl")
+    proc = subprocess.Popen(fit_args(path, cut, iterations), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the fit finished before it could be killed"
+    with open(ckpt, "rb") as f:
+        done = pickle.load(f)["done"]
+    assert 0 < done < iterations
+    assert not os.path.exists(os.path.join(cut, "imnn.pkl"))
+
+    subprocess.run(fit_args(path, cut, iterations) + ["--resume"], check=True, capture_output=True,
+                   timeout=600)
+    a, b = final_w(whole), final_w(cut)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
+    with open(os.path.join(cut, "summary.json")) as f:
+        assert json.load(f)["iterations"] == iterations
+
+
+def test_estimate_from_run_on_npy_and_archive(archive, tmp_path):
+    path, target = archive
+    run = str(tmp_path / "run")
+    subprocess.run(fit_args(path, run, 5), check=True, capture_output=True, timeout=600)
+    data = toy_data(9, 64, 1)[0]
+    np.save(tmp_path / "target.npy", data)
+    out = []
+    for source in (str(tmp_path / "target.npy"), target):
+        r = subprocess.run(CLI + ["estimate", run, source], check=True, capture_output=True,
+                           text=True, timeout=600)
+        out.append(np.array(json.loads(r.stdout.strip().splitlines()[-1])["estimate"]))
+    assert out[0].shape == (64, 2)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-6)
+    assert (tmp_path / "run" / "history.png").stat().st_size > 1000
