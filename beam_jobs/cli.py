@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from typing import Optional, Sequence
 
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
     Returns 0 on success, 2 for arguments refused before any work, 1 when the
     job failed (already-written shards stay; re-run to resume).
     """
-    from .driver import run_generation
+    from .driver import JobFailed, run_generation
     from .job import JobError
     from .simulate import SimulationError
 
@@ -114,30 +113,16 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
             simulator_config=args.simulator_config, batch_size=args.batch_size,
             beam_args=beam_argv, input_shape=args.input_shape,
             progress=not args.no_progress)
-    except (JobError, SimulationError) as err:
+    except (JobError, SimulationError) as err:  # refused before any shard was written
         print(f"imnn-stream generate: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # the pipeline failed on a worker
-        print(f"imnn-stream generate: error: {worker_error(err)}\n"
-              f"shards already written to {args.out} are kept; fix the cause and re-run "
+    except JobFailed as err:
+        print(f"imnn-stream generate: error: {err}\n"
+              f"shards already written to {err.root} are kept; fix the cause and re-run "
               "the same command to resume", file=sys.stderr)
         return 1
     print(result.summary(args.out), file=sys.stderr)
     return 0
-
-
-def worker_error(err: BaseException) -> str:
-    """The useful line of an error raised on a Beam worker.
-
-    Runners wrap worker exceptions in their own (with the remote traceback in
-    the text); dig out our SimulationError / ArchiveError message when present.
-    """
-    text = str(err)
-    for name in ("SimulationError", "ArchiveError", "WriteError"):
-        found = re.findall(rf"{name}: (.+)", text)
-        if found:
-            return f"{name}: {found[-1].strip()}"
-    return f"{type(err).__name__}: {text.strip().splitlines()[-1] if text.strip() else ''}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

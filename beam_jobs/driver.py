@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import sys
 import threading
 import time
@@ -25,7 +27,7 @@ from writers.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, read_manifest
 from .job import JOB_NAME, Job, JobError, load_job, make_job, store_or_check_job
 from .simulate import BatchSimulator, SimulatorSpec, load_simulator
 
-__all__ = ["generate", "run_generation", "GenerationResult"]
+__all__ = ["generate", "run_generation", "GenerationResult", "JobFailed"]
 
 
 @dataclasses.dataclass
@@ -89,7 +91,7 @@ def run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, 
                    progress=None, log: Callable[[str], None] = None) -> GenerationResult:
     """:func:`generate`, returning a :class:`GenerationResult`."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = str(out)
+    out = str(out) if fs.is_url(str(out)) else os.path.abspath(out)  # workers' cwd may differ
     beam_args = list(beam_args or [])
     sim_spec = SimulatorSpec(simulator, simulator_config)
     # 1. arguments, before anything is imported or touched
@@ -116,6 +118,8 @@ def run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, 
     watcher = _Progress(out, plan, start) if show else None
     try:
         counters = run_pipeline(out, job, beam_args)
+    except Exception as err:
+        raise JobFailed(worker_error(err), out) from err
     finally:
         if watcher:
             watcher.stop()
@@ -127,6 +131,31 @@ def run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, 
         written, kept = len(plan), 0
     records = counters.get("records_simulated", sum(s.n_records for s in plan))
     return GenerationResult(manifest, len(plan), int(written), int(kept), int(records), seconds)
+
+
+class JobFailed(RuntimeError):
+    """The pipeline failed on a worker. Shards written before the failure are
+    complete and stay; re-running the same job resumes. ``str()`` is the
+    worker's error in one line (e.g. the SimulationError naming the seed and θ)."""
+
+    def __init__(self, message: str, root: str):
+        super().__init__(message)
+        self.root = root
+
+
+def worker_error(err: BaseException) -> str:
+    """The useful line of an error raised on a Beam worker.
+
+    Runners wrap worker exceptions in their own, with the remote traceback in
+    the text; dig out our SimulationError / ArchiveError message when present.
+    """
+    text = str(err)
+    for name in ("SimulationError", "ArchiveError", "WriteError", "JobError"):
+        found = re.findall(rf"{name}: (.+)", text)
+        if found:
+            return f"{name}: {found[-1].strip()}"
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return f"{type(err).__name__}: {lines[-1].strip() if lines else ''}"
 
 
 def _settle_committed(out, job, plan, log) -> Optional[GenerationResult]:
@@ -157,14 +186,14 @@ def _settle_committed(out, job, plan, log) -> Optional[GenerationResult]:
         f"{report.errors[0]}); repairing")
     # job.json first, then drop the commit marker: the archive is "unfinished"
     # again until the pipeline writes a new manifest.
-    store_or_check_job_force(out, job)
+    _write_job(out, job)
     for name in (MANIFEST_NAME, INDEX_NAME):
         if fs.exists(fs.join(out, name)):
             fs.delete(fs.join(out, name))
     return None
 
 
-def store_or_check_job_force(out, job):
+def _write_job(out, job):
     fs.write_bytes(fs.join(out, JOB_NAME), json.dumps(job.to_json(), indent=1).encode())
 
 

@@ -16,6 +16,7 @@ order or on which runner it was written.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Optional, Sequence
@@ -30,7 +31,7 @@ from writers.errors import ArchiveError
 from writers.layout import ShardSpec
 from writers.schema import RecordSpec, decode_example, encode_example
 from writers.shard import FileMeta, write_shard
-from writers.tfrecord import iter_records
+from writers.tfrecord import FRAMING_BYTES, iter_records
 
 from .job import JOB_NAME, Job
 from .simulate import BatchSimulator, SimulatorSpec, load_simulator, shard_records
@@ -102,33 +103,41 @@ def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
     parameters) in order. Returns None when the file is missing or invalid
     (it will be rewritten).
     """
-    import hashlib
     path = fs.join(root, spec.path)
     if not fs.exists(path):
         return None
     rspec = record_spec(job, spec.kind)
-    digest, entries, offset = hashlib.sha256(), [], 0
+    entries = []
     expected = expected_keys(job, spec)
     try:
         with fs.open_read(path) as f:
-            data = f.read()
-        digest.update(data)
-        import io
-        for i, (off, raw) in enumerate(iter_records(io.BytesIO(data), spec.path,
-                                                    with_offsets=True)):
-            rec = decode_example(raw, rspec, spec.path, i)
-            key = (rec["seed"], rec.get("derivative", -1), rec.get("parameter", -1))
-            if key != next(expected, None):
-                raise ArchiveError(f"record {key} out of place", spec.path, i)
-            entries.append((*key, off, len(raw) + 16))
-            offset = off + len(raw) + 16
-        if next(expected, None) is not None or offset != len(data):
+            reader = _HashingReader(f)  # one streaming pass: checks and SHA-256
+            for i, (off, raw) in enumerate(iter_records(reader, spec.path, with_offsets=True)):
+                rec = decode_example(raw, rspec, spec.path, i)
+                key = (rec["seed"], rec.get("derivative", -1), rec.get("parameter", -1))
+                if key != next(expected, None):
+                    raise ArchiveError(f"record {key} out of place", spec.path, i)
+                entries.append((*key, off, len(raw) + FRAMING_BYTES))
+        if not entries or next(expected, None) is not None:
             raise ArchiveError(f"{len(entries)} records, expected {spec.n_records}", spec.path)
     except ArchiveError as err:
         _LOG.warning("rewriting invalid shard %s: %s", spec.path, err)
         return None
-    return FileMeta(spec.path, len(entries), entries[0][0], entries[-1][0], len(data),
-                    digest.hexdigest(), entries)
+    return FileMeta(spec.path, len(entries), entries[0][0], entries[-1][0], reader.n,
+                    reader.sha.hexdigest(), entries)
+
+
+class _HashingReader:
+    """File wrapper that hashes and counts the bytes read through it."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.sha.update(b)
+        self.n += len(b)
+        return b
 
 
 # --------------------------------------------------------------------------- DoFns

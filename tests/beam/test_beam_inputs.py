@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
                                                   PipelineOptions, StandardOptions)
 
 import writers
-from beam_jobs import JobError, SimulationError, generate
+from beam_jobs import JobError, JobFailed, SimulationError, generate
 from beam_jobs import cli
 from beam_jobs.job import JOB_NAME
 from beam_jobs.pipeline import check_existing, pipeline_options
@@ -77,8 +77,8 @@ def test_nan_fails_naming_simulator_seed_and_theta(tmp_path, capsys):
 def test_worker_exception_names_simulator_seed_and_theta(tmp_path):
     """A simulator that traces fine but raises while running on a worker."""
     out = tmp_path / "raise"
-    with pytest.raises(Exception, match=r"failing_toy.* raised for seed 0 .*θ = .*"
-                                        r"detector offline"):
+    with pytest.raises(JobFailed, match=r"^SimulationError: simulator .*failing_toy raised "
+                                        r"for seed 0 .*θ = \[0.0, 1.0\].*detector offline"):
         generate(str(out), sim("failing_toy"), [0.0, 1.0], None, 2, 0, 1, "fiducial",
                  seeds={"train": 0}, beam_args=["--direct_running_mode=in_memory",
                                                 "--direct_num_workers=1"])
