@@ -17,8 +17,10 @@ order or on which runner it was written.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import threading
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -141,6 +143,24 @@ class _HashingReader:
 
 
 # --------------------------------------------------------------------------- DoFns
+_BATCHERS: dict = {}
+_BATCHERS_LOCK = threading.Lock()
+
+
+def _batcher(job: Job) -> BatchSimulator:
+    """The job's simulator, imported and jitted once per worker process.
+
+    Runners may create several DoFn instances per process (one per thread in
+    multi-threaded mode, or after a DoFn is discarded); sharing the batcher
+    means each kind is still compiled only once per process."""
+    key = json.dumps(job.to_json()["job"], sort_keys=True)
+    with _BATCHERS_LOCK:
+        if key not in _BATCHERS:
+            spec = SimulatorSpec(job.simulator, job.simulator_config)
+            _BATCHERS[key] = BatchSimulator(load_simulator(spec), spec.describe(), job.mode,
+                                            job.theta_fid, job.delta_theta, job.batch_size,
+                                            input_shape=job.input_shape, check=False)
+        return _BATCHERS[key]
 class WriteShard(beam.DoFn):
     """ShardSpec dict -> (ShardSpec dict, FileMeta dict with its record index).
 
@@ -156,12 +176,7 @@ class WriteShard(beam.DoFn):
 
     def setup(self):
         fs.configure(self.fs_flags)
-        job = self.job
-        spec = SimulatorSpec(job.simulator, job.simulator_config)
-        # built and jitted once per worker; compiled once per kind on first use
-        self.batcher = BatchSimulator(load_simulator(spec), spec.describe(), job.mode,
-                                      job.theta_fid, job.delta_theta, job.batch_size,
-                                      input_shape=job.input_shape, check=False)
+        self.batcher = _batcher(self.job)
 
     def process(self, spec_json: dict):
         spec = ShardSpec.from_json(spec_json)

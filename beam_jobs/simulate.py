@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import threading
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -49,6 +50,8 @@ BUILTIN_SIMULATORS = {
     "toy": "imnn_stream.simulators:gaussian_toy",
     "grf": "imnn_stream.simulators:gaussian_random_field",
 }
+#: shortcuts that name a factory, called with its defaults when no configuration is given
+BUILTIN_FACTORIES = ("grf",)
 
 
 class SimulationError(RuntimeError):
@@ -108,9 +111,9 @@ def load_simulator(spec: SimulatorSpec) -> Callable:
     except Exception as err:  # ImportError, AttributeError, errors in the module
         raise SimulationError(
             f"simulator {spec.describe()} cannot be imported: {type(err).__name__}: {err}") from err
-    if spec.config:
+    if spec.config or spec.name in BUILTIN_FACTORIES:
         try:
-            fn = fn(**spec.config)
+            fn = fn(**(spec.config or {}))
         except Exception as err:
             raise SimulationError(
                 f"simulator {spec.describe()}: the factory failed: {type(err).__name__}: {err}"
@@ -185,6 +188,7 @@ class BatchSimulator:
         self.input_shape = (self.check_shape(input_shape) if check or input_shape is None
                             else tuple(input_shape))
         self._compiled: dict[str, Callable] = {}
+        self._lock = threading.Lock()
 
     # -- shape checks -------------------------------------------------------
     def _thetas_to_check(self):
@@ -234,8 +238,12 @@ class BatchSimulator:
     def _fn(self, kind: str) -> Callable:
         """jitted ``(base_seed uint32, seeds uint32(B,)) -> arrays`` for one kind
         (cached: compiled once per process)."""
-        if kind in self._compiled:
+        with self._lock:  # one trace and compilation per kind, even with worker threads
+            if kind not in self._compiled:
+                self._compiled[kind] = self._build(kind)
             return self._compiled[kind]
+
+    def _build(self, kind: str) -> Callable:
         sim, θ = self.simulator, jnp.asarray(self.theta_fid)
         if self.mode == "numerical" and kind == "derivative":
             thetas = jnp.asarray(varied_thetas(self.theta_fid, self.delta_theta))
@@ -255,9 +263,7 @@ class BatchSimulator:
             base = jax.random.PRNGKey(base_seed)
             return jax.vmap(lambda i: one(jax.random.fold_in(base, i)))(seeds)
 
-        fn = jax.jit(batch)
-        self._compiled[kind] = fn
-        return fn
+        return jax.jit(batch)
 
     def simulate(self, kind: str, base_seed: int, seeds: np.ndarray):
         """Simulate ``seeds`` (int(n,), n ≤ seeds_per_batch) of one kind.

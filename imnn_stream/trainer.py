@@ -169,7 +169,8 @@ class Trainer:
                    best_detF=jnp.where(improved, vst["detF"], mon["best_detF"]),
                    best_w=_where_tree(improved, w, mon["best_w"]),
                    count=count,
-                   stop=(count > patience) & (fit_iteration + 1 >= min_iterations),
+                   # stop after `patience` iterations in a row without improvement
+                   stop=(count >= patience) & (count > 0) & (fit_iteration + 1 >= min_iterations),
                    bad=jnp.where(finite, mon["bad"], step))
         row = jnp.stack([st[k] for k in HISTORY_KEYS] + [vst[k] for k in HISTORY_KEYS]
                         + [mon["best_detF"]]).astype(jnp.float32)
