@@ -173,6 +173,9 @@ def make_job(mode, simulator, simulator_config, theta_fid, delta_theta, n_s, n_d
     if unknown or "train" not in seeds:
         raise JobError(f"seeds must name 'train' and optionally 'validation', got {seeds}")
     base_seeds = {s: int(seeds[s]) for s in SPLITS if s in seeds}
+    if any(not 0 <= v < 2 ** 32 for v in base_seeds.values()):
+        # keys are built from uint32 seeds inside the jitted batch function
+        raise JobError(f"base seeds must be in [0, 2**32), got {base_seeds}")
     if len(set(base_seeds.values())) != len(base_seeds):
         raise JobError(f"train and validation need different base seeds, got {base_seeds}")
     kinds(mode, n_s, max(n_d, 0), len(theta_fid))  # the layout's own checks

@@ -24,7 +24,6 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import math
 import os
 import threading
 from typing import Callable, Iterator, Sequence
@@ -366,6 +365,3 @@ def _short(err: BaseException) -> str:
 def _fmt(theta) -> str:
     return json.dumps(np.round(np.asarray(theta, np.float64), 6).tolist())
 
-
-def n_batches(n_seeds: int, seeds_per_batch: int) -> int:
-    return math.ceil(n_seeds / seeds_per_batch)
