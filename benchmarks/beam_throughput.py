@@ -47,6 +47,40 @@ def plain_loop(root: str, job) -> float:
     return time.perf_counter() - start
 
 
+class ShardClock:
+    """Polls the archive for shard files appearing under their final names, to
+    separate the pipeline's steady rate from its fixed start-up and shut-down."""
+
+    def __init__(self, root: str, sizes: dict, interval: float = 0.2):
+        import threading
+        self.root, self.sizes, self.interval = root, sizes, interval
+        self.seen: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            for d, _, files in os.walk(self.root):
+                for f in files:
+                    rel = os.path.relpath(os.path.join(d, f), self.root).replace(os.sep, "/")
+                    if rel in self.sizes and rel not in self.seen:
+                        self.seen[rel] = time.perf_counter()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        times = sorted(self.seen.values())
+        if len(times) < 4:
+            return {}
+        # records finished after the first quarter of the shards, over the time they took
+        k = len(times) // 4
+        later = sorted(self.seen, key=self.seen.get)[k:]
+        rate = sum(self.sizes[p] for p in later) / max(times[-1] - times[k - 1], 1e-9)
+        return {"steady_simulations_per_s": round(rate, 1),
+                "first_shard_after_s": None}
+
+
 def checksums(root: str) -> dict:
     """{shard path: sha256} from an archive's manifest."""
     from writers.manifest import read_manifest
@@ -88,6 +122,7 @@ def main(argv=None) -> int:
         if not args.keep:  # the same free disk and page cache for both
             shutil.rmtree(loop_root)
         beam_root = os.path.join(scratch, "beam")
+        clock = ShardClock(beam_root, {sp.path: sp.n_records for sp in job.plan()})
         start = time.perf_counter()  # end to end, Beam's import and start-up included
         run_generation(beam_root, "grf", theta, delta if args.mode == "numerical" else None,
                        args.n_s, n_d, 1, args.mode, records_per_shard=args.records_per_shard,
@@ -95,6 +130,11 @@ def main(argv=None) -> int:
                        batch_size=args.batch_size, progress=False,
                        beam_args=[f"--direct_num_workers={args.workers}"])
         beam_s = time.perf_counter() - start
+        steady = clock.stop()
+        if clock.seen:
+            steady["first_shard_after_s"] = round(min(clock.seen.values()) - start, 2)
+            steady["last_shard_to_return_s"] = round(start + beam_s
+                                                     - max(clock.seen.values()), 2)
         identical = checksums(beam_root) == loop_files
     finally:
         if not args.keep:
@@ -108,7 +148,7 @@ def main(argv=None) -> int:
         "loop": {"seconds": round(loop_s, 2), "simulations_per_s": round(n_records / loop_s, 1)},
         "pipeline": {"seconds": round(beam_s, 2),
                      "simulations_per_s": round(n_records / beam_s, 1),
-                     "runner": "FnApiRunner multi_processing"},
+                     "runner": "FnApiRunner multi_processing", **steady},
         "ratio": round(loop_s / beam_s, 3),
         "byte_identical_shards": identical,
         "jax_compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
