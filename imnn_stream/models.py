@@ -102,7 +102,7 @@ def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
             h = jax.lax.conv_general_dilated(h, W, (2, 2), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
             h = _leaky_relu(h)
-        h = h.reshape(h.shape[0], -1)
+        h = h.reshape(h.shape[0], math.prod(h.shape[1:]))  # also for empty batches
         (W1, b1), (W2, b2) = w[len(channels):]
         h = _leaky_relu(h @ W1 + b1) @ W2 + b2
         return h[0] if single else h

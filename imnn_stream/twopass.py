@@ -7,9 +7,13 @@ streams the same batches again; each batch's contribution to d loss / d w is
 one ``jax.vjp`` with the cotangent rows of *its own positions*, summed on its
 device; the devices' sums are added on the host.
 
-Batches are dispatched round-robin over devices (JAX dispatch is
-asynchronous, so devices compute in parallel) with at most ``in_flight``
-unfinished batches per device, which bounds memory whatever the data size.
+The network sees ``n_per_device`` samples at a time (the batches of the
+sources), but up to ``group`` consecutive batches of a device travel and are
+dispatched together and scanned over inside one compiled call: per-call
+dispatch and transfer costs dominate small batches otherwise. Groups are
+dispatched round-robin over devices (JAX dispatch is asynchronous, so devices
+compute in parallel) with at most ``in_flight`` unfinished groups per device,
+which bounds memory whatever the data size.
 """
 from __future__ import annotations
 
@@ -32,9 +36,11 @@ class OrderError(ValueError):
 class TwoPass:
     """Pass-1 outputs, host loss gradient and pass-2 VJPs for one data mode."""
 
-    def __init__(self, mode, host, devices, in_flight: int = 4):
-        self.mode, self.host, self.devices, self.in_flight = mode, host, list(devices), in_flight
-        self._fwd = {k: jax.jit(mode.outputs[k]) for k in mode.kinds}
+    def __init__(self, mode, host, devices, in_flight: int = 2, group_bytes: int = 8 << 20,
+                 max_group: int = 64):
+        self.mode, self.host, self.devices = mode, host, list(devices)
+        self.in_flight, self.group_bytes, self.max_group = in_flight, group_bytes, max_group
+        self._fwd = {k: jax.jit(self._forward(mode.outputs[k])) for k in mode.kinds}
         self._bwd = {k: jax.jit(self._accumulate(mode.outputs[k]), donate_argnums=3)
                      for k in mode.kinds}
         self._checks = {}
@@ -49,11 +55,22 @@ class TwoPass:
         self._assemble = jax.jit(mode.assemble)
 
     @staticmethod
+    def _forward(fn):
+        """(w, batches float(k, n, ...)) -> outputs (k, n, ...), n samples at a time."""
+        def forward(w, batches):
+            return jax.lax.map(lambda b: fn(w, b), batches)
+        return forward
+
+    @staticmethod
     def _accumulate(fn):
-        def step(w, batch, cot, acc):
-            _, vjp = jax.vjp(lambda v: fn(v, batch), w)
-            (g,) = vjp(cot)
-            return jax.tree_util.tree_map(jnp.add, acc, g)
+        """acc + Σ_b VJP of fn(·, batch_b) at w with cotangent_b, one batch at a time."""
+        def step(w, batches, cots, acc):
+            def body(acc, bc):
+                batch, cot = bc
+                _, vjp = jax.vjp(lambda v: fn(v, batch), w)
+                (g,) = vjp(cot)
+                return jax.tree_util.tree_map(jnp.add, acc, g), None
+            return jax.lax.scan(body, acc, (batches, cots))[0]
         return step
 
     # -- streaming over devices ------------------------------------------------
@@ -80,13 +97,39 @@ class TwoPass:
                     seen.append(check)
                 yield d, b, positions, batch
 
+    def _groups(self, tag, kind, sources):
+        """(device, positions int64(k·n), batches stacked to (k, n, ...)) for up to
+        ``max_group`` consecutive equal-sized batches of one device, at most
+        ``group_bytes`` of input per group."""
+        pending = {}
+        group = None
+
+        def flush(d):
+            items = pending.pop(d)
+            positions = np.concatenate([p for p, _ in items])
+            stacked = {f: np.stack([b[f] for _, b in items]) for f in items[0][1]}
+            return d, positions, stacked
+
+        for d, b, positions, batch in self._batches(tag, kind, sources):
+            items = pending.get(d)
+            if items and len(positions) != len(items[0][0]):
+                yield flush(d)
+            pending.setdefault(d, []).append((positions, batch))
+            if group is None:
+                nbytes = sum(np.asarray(a).nbytes for a in batch.values())
+                group = int(max(1, min(self.max_group, self.group_bytes // max(nbytes, 1))))
+            if len(pending[d]) >= group:
+                yield flush(d)
+        for d in sorted(pending):
+            yield flush(d)
+
     def pass1(self, w, sources, tag="train"):
         """Raw outputs of every position: dict kind -> pytree of float(count, ...)."""
         w_dev = [jax.device_put(w, dev) for dev in self.devices]
         pending = {k: [] for k in self.mode.kinds}
         window = [deque() for _ in self.devices]
         for kind in self.mode.kinds:
-            for d, b, positions, batch in self._batches(tag, kind, sources[kind]):
+            for d, positions, batch in self._groups(tag, kind, sources[kind]):
                 batch = jax.device_put(batch, self.devices[d])
                 out = self._fwd[kind](w_dev[d], batch)
                 pending[kind].append((positions, out))
@@ -97,7 +140,8 @@ class TwoPass:
         for kind in self.mode.kinds:
             count = self.mode.counts[kind]
             positions = [p for p, _ in pending[kind]]
-            outs = jax.device_get([o for _, o in pending[kind]])
+            outs = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]),
+                                          jax.device_get([o for _, o in pending[kind]]))
             _check_coverage(tag, kind, positions, count)
             if not positions:
                 raw[kind] = None  # an empty kind: `remaining` when n_s = n_d
@@ -120,8 +164,10 @@ class TwoPass:
         acc = [jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, w), dev) for dev in self.devices]
         dispatched = [0] * len(self.devices)
         for kind in self.mode.kinds:
-            for d, b, positions, batch in self._batches("train", kind, sources[kind]):
-                c = jax.tree_util.tree_map(lambda a: a[positions], cot[kind])
+            for d, positions, batch in self._groups("train", kind, sources[kind]):
+                k = len(next(iter(batch.values())))
+                c = jax.tree_util.tree_map(
+                    lambda a: a[positions].reshape((k, -1) + a.shape[1:]), cot[kind])
                 batch, c = jax.device_put((batch, c), self.devices[d])
                 acc[d] = self._bwd[kind](w_dev[d], batch, c, acc[d])
                 dispatched[d] += 1
