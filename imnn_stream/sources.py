@@ -9,6 +9,7 @@ their seed indices, a fingerprint of the bytes where they do not).
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Iterator
 
 import numpy as np
@@ -53,10 +54,13 @@ class StreamSource:
                  n_d: int, n_params: int):
         self.it, self.kind, self.fields, self.n_batches = iterator, kind, tuple(fields), n_batches
         self.n_d, self.n_params = n_d, n_params
+        self.wait_seconds = 0.0  # time spent blocked on the reader: input not hidden by compute
 
     def epoch(self):
         for _ in range(self.n_batches):
+            t0 = time.perf_counter()
             item = next(self.it)
+            self.wait_seconds += time.perf_counter() - t0
             positions = record_positions(self.kind, item, self.n_d, self.n_params)
             yield positions, {f: item[f] for f in self.fields}, positions
 
