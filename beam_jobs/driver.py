@@ -125,11 +125,11 @@ def run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, 
             watcher.stop()
     seconds = time.perf_counter() - start
     manifest = read_manifest(out)
-    written = counters.get("shards_written")
-    kept = counters.get("shards_kept")
-    if written is None or kept is None:  # runner without metrics
-        written, kept = len(plan), 0
-    records = counters.get("records_simulated", sum(s.n_records for s in plan))
+    if counters:  # a counter never incremented is not reported: it is 0
+        written, kept = counters.get("shards_written", 0), counters.get("shards_kept", 0)
+        records = counters.get("records_simulated", 0)
+    else:  # a runner without metrics: report the plan
+        written, kept, records = len(plan), 0, sum(s.n_records for s in plan)
     return GenerationResult(manifest, len(plan), int(written), int(kept), int(records), seconds)
 
 
