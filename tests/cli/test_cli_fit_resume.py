@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from writers.archive import write_arrays
-from conftest import DELTA_THETA, THETA_FID, toy_data
+from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 CLI = [sys.executable, "-m", "imnn_stream.cli"]
 

@@ -6,7 +6,7 @@ import pytest
 
 import imnn_stream as im
 from imnn_stream.simulators import gaussian_toy
-from conftest import DELTA_THETA, THETA_FID
+from toy_problem import DELTA_THETA, THETA_FID
 
 N_S, N_D = 16, 8
 rng = np.random.default_rng(0)

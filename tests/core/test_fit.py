@@ -7,7 +7,7 @@ import pytest
 
 import imnn_stream as im
 from imnn_stream.simulators import gaussian_toy
-from conftest import DELTA_THETA, THETA_FID, toy_data
+from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 EXACT = 50.0
 

@@ -6,7 +6,7 @@ import pytest
 
 import imnn_stream as im
 from imnn_stream.simulators import gaussian_random_field, gaussian_toy
-from conftest import DELTA_THETA, THETA_FID, toy_data
+from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 N_S, N_D = 96, 48
 

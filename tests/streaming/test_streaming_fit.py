@@ -8,7 +8,7 @@ import pytest
 import imnn_stream as im
 from imnn_stream.simulators import gaussian_random_field
 from writers.archive import write_arrays
-from conftest import DELTA_THETA, THETA_FID, toy_data
+from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 
 def fit_both(in_memory, streaming, iterations):

@@ -7,7 +7,7 @@ import pytest
 
 import imnn_stream as im
 from writers.archive import write_arrays
-from conftest import DELTA_THETA, THETA_FID, toy_data
+from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 N_S, N_D = 96, 48
 
