@@ -162,6 +162,8 @@ def _batcher(job: Job) -> BatchSimulator:
                                             job.theta_fid, job.delta_theta, job.batch_size,
                                             input_shape=job.input_shape, check=False)
         return _BATCHERS[key]
+
+
 class WriteShard(beam.DoFn):
     """ShardSpec dict -> (ShardSpec dict, FileMeta dict with its record index).
 

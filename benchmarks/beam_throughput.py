@@ -101,8 +101,6 @@ def main(argv=None) -> int:
     import logging
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # worker start-up chatter
 
-    import dataclasses
-
     from beam_jobs import run_generation
     from beam_jobs.job import make_job
 

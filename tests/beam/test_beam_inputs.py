@@ -9,7 +9,6 @@ import pytest
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
                                                   PipelineOptions, StandardOptions)
 
-import writers
 from beam_jobs import JobError, JobFailed, SimulationError, generate
 from beam_jobs import cli
 from beam_jobs.job import JOB_NAME
