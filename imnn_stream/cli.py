@@ -96,6 +96,58 @@ def cmd_estimate(args, extra):
     return 0
 
 
+def _floats(text):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def cmd_infer(args, extra):
+    import json
+
+    import numpy as np
+    from beam_jobs.simulate import SimulatorSpec, load_simulator
+    from .inference import (InferenceError, InferenceLoop, export_pairs, gaussian_posterior,
+                            rejection_abc)
+    from .runs import FittedIMNN, load_inputs
+
+    config = json.loads(args.simulator_config) if args.simulator_config else None
+    loop = InferenceLoop(
+        out=args.out, simulator=args.simulator, target=load_inputs(args.target),
+        theta_start=args.theta_start, delta_theta=args.delta_theta, prior_low=args.prior_low,
+        prior_high=args.prior_high, simulator_config=config, n_s=args.n_s, n_d=args.n_d or args.n_s,
+        n_devices=args.devices, n_per_device=args.n_per_device, model=args.model,
+        optimiser=args.optimiser, lam=args.lam, eps=args.eps, max_iterations=args.max_iterations,
+        patience=args.patience, min_iterations=args.min_iterations, max_rounds=args.max_rounds,
+        tolerance=args.tolerance, warm_start=not args.no_warm_start, seed=args.seed,
+        beam_args=extra, progress=True)
+    try:
+        rows = loop.run()
+    except InferenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    θ_hat, F, run = loop.final()
+    n_target = rows[-1]["n_target"]
+    samples = gaussian_posterior(θ_hat, F, n_target=n_target, n_samples=args.posterior_samples)
+    np.savez(os.path.join(args.out, "gaussian_posterior.npz"), samples=samples, mean=θ_hat,
+             covariance=np.linalg.inv(F * n_target))
+    simulator = load_simulator(SimulatorSpec(args.simulator, config))
+    fitted = FittedIMNN(run)
+    if args.export:
+        export_pairs(simulator, fitted, args.prior_low, args.prior_high, args.export,
+                     os.path.join(args.out, "prior_pairs"), seed=args.seed + 7)
+    result = dict(rounds=len(rows), θ_hat=θ_hat.tolist(),
+                  σ=np.sqrt(np.diag(np.linalg.inv(F * n_target))).tolist())
+    if args.abc:
+        accepted, _ = rejection_abc(simulator, fitted, loop.target, args.prior_low, args.prior_high,
+                                    n_draws=args.abc, accept=args.abc_accept, seed=args.seed + 11)
+        np.savez(os.path.join(args.out, "abc.npz"), accepted=accepted)
+        result.update(abc_mean=accepted.mean(0).tolist(), abc_std=accepted.std(0).tolist())
+    print("INFER_RESULT " + json.dumps(result, ensure_ascii=False))
+    return 0
+
+
 def cmd_demo(args, extra):
     from .demo import run_demo
     return run_demo(args)
@@ -124,6 +176,29 @@ def build_parser():
     _add_fit_options(p, dict(n_per_device=250, max_iterations=1500, patience=100))
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("infer", help="iterate generate → fit → estimate until θ̂ converges; "
+                                     "then Gaussian posterior, ABC, (θ, summaries) export")
+    p.add_argument("--simulator", default="toy", help="module:function, toy or grf")
+    p.add_argument("--simulator-config", default=None, help="JSON for a simulator factory")
+    p.add_argument("--target", required=True, help=".npy (one input or n realisations) or archive")
+    p.add_argument("--theta-start", type=_floats, required=True)
+    p.add_argument("--delta-theta", type=_floats, required=True)
+    p.add_argument("--prior-low", type=_floats, required=True)
+    p.add_argument("--prior-high", type=_floats, required=True)
+    p.add_argument("--n-s", type=int, default=1000)
+    p.add_argument("--n-d", type=int, default=None, help="default: n_s")
+    p.add_argument("--max-rounds", type=int, default=5)
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="stop when every |θ̂ − θ_fid| < tolerance × Fisher σ")
+    p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument("--posterior-samples", type=int, default=10000)
+    p.add_argument("--abc", type=int, default=0, help="rejection-ABC prior draws (0: none)")
+    p.add_argument("--abc-accept", type=float, default=0.02)
+    p.add_argument("--export", type=int, default=0, help="(θ, summaries) pairs to export")
+    p.add_argument("--out", required=True)
+    _add_fit_options(p, dict(max_iterations=1000))
+    p.set_defaults(func=cmd_infer)
+
     from writers.cli import register as register_writers
     register_writers(sub)
     try:
@@ -144,7 +219,7 @@ def main(argv=None):
     _force_host_devices(max(devices, os.cpu_count() or 1, 2))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "generate":
+    if extra and args.command not in ("generate", "infer"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         takes_extra = len(inspect.signature(args.func).parameters) > 1

@@ -54,8 +54,8 @@ class FittedIMNN:
         self.θ_fid = np.asarray(self.config["θ_fid"], np.float32)
         self.input_shape = tuple(self.config["input_shape"])
         self.F = np.asarray(self.statistics["F"])
-        _, apply = models.from_spec(self.config["model"], self.config["n_summaries"])
-        self._apply = jax.jit(apply)
+        _, self.model = models.from_spec(self.config["model"], self.config["n_summaries"])
+        self._apply = jax.jit(self.model)
 
     def get_estimate(self, d):
         """θ̂ float(n_params,) for one input, float(n, n_params) for a batch."""

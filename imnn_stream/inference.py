@@ -1,0 +1,344 @@
+"""The seed's inference loop: fit at θ_fid → estimate θ̂ for the target → new
+simulations around θ̂ → fit again, until θ̂ stops moving; then use the
+summaries (Gaussian approximation, ABC, export for simulation-based inference).
+
+Each round r lives in ``OUT/round-{r:03d}/`` (archive, run folder, round.json);
+a round with a ``round.json`` is finished and never redone, so an interrupted
+``infer`` continues where it stopped (archive generation and fitting resume
+too). ``OUT/rounds.json`` and ``OUT/rounds.parquet`` hold the table of rounds,
+``OUT/path.png`` the path of θ̂ with the Fisher error ellipse of every round.
+
+The target is a batch of iid realisations float(n, *input_shape) (or one input):
+its estimate is the mean of the per-realisation estimates, with Fisher matrix n·F.
+The loop stops when every |θ̂_α − θ_fid,α| is below ``tolerance`` Fisher standard
+deviations (of one realisation, σ_α = sqrt((F⁻¹)_αα)).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["InferenceLoop", "InferenceError", "gaussian_posterior", "rejection_abc",
+           "export_pairs"]
+
+
+class InferenceError(ValueError):
+    """Bad input to the loop, or the loop left the prior box (rounds done are kept)."""
+
+
+@dataclass
+class InferenceLoop:
+    """The loop's configuration; :meth:`run` executes (or resumes) it.
+
+    simulator: "module:function" / "toy" / "grf" (the Beam job's names);
+    theta_start, delta_theta float(n_params,); prior_low, prior_high: the prior box.
+    """
+    out: str
+    simulator: str
+    target: np.ndarray
+    theta_start: list
+    delta_theta: list
+    prior_low: list
+    prior_high: list
+    simulator_config: dict | None = None
+    n_s: int = 1000
+    n_d: int = 1000
+    n_devices: int = 2
+    n_per_device: int = 100
+    model: str = "mlp:128,128"
+    optimiser: str = "adam:1e-3"
+    lam: float = 10.0
+    eps: float = 0.1
+    max_iterations: int = 1000
+    patience: int = 100
+    min_iterations: int = 100
+    max_rounds: int = 5
+    tolerance: float = 0.5
+    warm_start: bool = True
+    seed: int = 0
+    beam_args: list = field(default_factory=list)
+    progress: bool = False
+
+    def __post_init__(self):
+        n = len(self.theta_start)
+        for name in ("delta_theta", "prior_low", "prior_high"):
+            if len(getattr(self, name)) != n:
+                raise InferenceError(f"`{name}` has {len(getattr(self, name))} values, "
+                                     f"theta_start has {n}")
+        self.theta_start = [float(v) for v in self.theta_start]
+        lo, hi = np.asarray(self.prior_low, float), np.asarray(self.prior_high, float)
+        if np.any(lo >= hi):
+            raise InferenceError(f"prior box is empty: low {lo.tolist()} ≥ high {hi.tolist()}")
+        if not _inside(self.theta_start, lo, hi):
+            raise InferenceError(f"theta_start {self.theta_start} is outside the prior box "
+                                 f"[{lo.tolist()}, {hi.tolist()}]")
+        if self.tolerance <= 0:
+            raise InferenceError(f"`tolerance` must be positive, got {self.tolerance}")
+        self.target = np.asarray(self.target, np.float32)
+
+    # -- one round ---------------------------------------------------------------------
+
+    def _round_dir(self, r):
+        return os.path.join(self.out, f"round-{r:03d}")
+
+    def _check_target(self, input_shape):
+        t = self.target
+        if t.shape == tuple(input_shape):
+            return t[None]
+        if t.ndim == len(input_shape) + 1 and t.shape[1:] == tuple(input_shape):
+            return t
+        raise InferenceError(f"target has shape {t.shape}, the simulator makes {tuple(input_shape)}"
+                             f" (expected {tuple(input_shape)} or (n, {', '.join(map(str, input_shape))}))")
+
+    def _round(self, r, θ_fid, previous):
+        import beam_jobs
+        import jax
+        import writers
+        from . import models, optimisers
+        from .dataset import DatasetGradientIMNN, DatasetNumericalGradientIMNN  # noqa: F401
+        from .runs import save_run
+
+        t0 = time.perf_counter()
+        d = self._round_dir(r)
+        archive = os.path.join(d, "archive")
+        seeds = {"train": self.seed + 2 * r + 1000, "validation": self.seed + 2 * r + 1001}
+        manifest = beam_jobs.generate(archive, self.simulator, θ_fid, self.delta_theta, self.n_s,
+                                      self.n_d, self.n_devices, "numerical",
+                                      records_per_shard=max(1, self.n_s // self.n_devices),
+                                      seeds=seeds, simulator_config=self.simulator_config,
+                                      beam_args=self.beam_args, progress=self.progress)
+        target = self._check_target(manifest.input_shape)
+        report = writers.validate(archive)
+        if not report.ok:
+            raise InferenceError(f"round {r}: the generated archive is invalid: "
+                                 f"{report.summary_line()}")
+        opt = optimisers.from_spec(self.optimiser)
+        n_params = len(θ_fid)
+        model = models.from_spec(self.model, n_params)
+        key = jax.random.PRNGKey(self.seed + r)
+        key_or_state = opt.init(previous) if (self.warm_start and previous is not None) else key
+        devices = jax.devices("cpu")[: self.n_devices]
+        imnn = DatasetNumericalGradientIMNN.from_archive(
+            archive, model=model, optimiser=opt, key_or_state=key_or_state, host=devices[0],
+            devices=devices, n_per_device=self.n_per_device)
+        try:
+            imnn.fit(self.lam, self.eps, rng=jax.random.fold_in(key, 1), patience=self.patience,
+                     min_iterations=self.min_iterations, max_iterations=self.max_iterations,
+                     checkpoint_dir=os.path.join(d, "checkpoint"),
+                     checkpoint_every=max(1, self.max_iterations // 20), resume=True,
+                     print_rate=max(1, self.max_iterations // 100) if self.progress else None)
+        finally:
+            imnn.close()
+        save_run(os.path.join(d, "run"), imnn, self.model, dict(archive=archive))
+        estimates = imnn.get_estimate(target)
+        θ_hat = estimates.mean(0)
+        F = np.asarray(imnn.F, float)
+        row = dict(round=r, θ_fid=list(map(float, θ_fid)), θ_hat=θ_hat.tolist(),
+                   F=F.tolist(), n_target=len(target),
+                   σ=np.sqrt(np.diag(np.linalg.inv(F))).tolist(),
+                   val_detF=float(np.linalg.det(F)), iterations=int(len(imnn.history["detF"])),
+                   seconds=time.perf_counter() - t0, seeds=seeds)
+        with open(os.path.join(d, "round.json"), "w") as f:
+            json.dump(row, f, indent=2, ensure_ascii=False)
+        return row, imnn.w
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def rounds(self):
+        """Finished rounds, in order (read from their round.json)."""
+        out, r = [], 0
+        while os.path.exists(os.path.join(self._round_dir(r), "round.json")):
+            with open(os.path.join(self._round_dir(r), "round.json")) as f:
+                out.append(json.load(f))
+            r += 1
+        return out
+
+    def run(self, log=print):
+        """Run or resume the loop; returns the table of rounds. Raises InferenceError
+        (after saving the table) if θ̂ leaves the prior box."""
+        import pickle
+
+        os.makedirs(self.out, exist_ok=True)
+        rows = self.rounds()
+        lo, hi = np.asarray(self.prior_low), np.asarray(self.prior_high)
+        previous = None
+        if rows:
+            with open(os.path.join(self._round_dir(len(rows) - 1), "run", "imnn.pkl"), "rb") as f:
+                previous = pickle.load(f)["w"]
+            log(f"resuming after {len(rows)} finished round(s)")
+        while True:
+            if rows and self._converged(rows[-1]):
+                log(f"converged after {len(rows)} round(s): θ̂ = {rows[-1]['θ_hat']}")
+                break
+            if rows and not _inside(rows[-1]["θ_hat"], lo, hi):
+                self._write_table(rows)
+                raise InferenceError(
+                    f"round {rows[-1]['round']}: θ̂ = {rows[-1]['θ_hat']} left the prior box "
+                    f"[{lo.tolist()}, {hi.tolist()}] — the loop diverges; rounds so far are kept "
+                    f"in {self.out}")
+            if len(rows) >= self.max_rounds:
+                log(f"stopped after max_rounds = {self.max_rounds}; θ̂ = {rows[-1]['θ_hat']}")
+                break
+            θ_fid = rows[-1]["θ_hat"] if rows else self.theta_start
+            log(f"round {len(rows)}: fitting at θ_fid = {np.round(θ_fid, 4).tolist()}")
+            row, previous = self._round(len(rows), θ_fid, previous)
+            log(f"round {row['round']}: θ̂ = {np.round(row['θ_hat'], 4).tolist()} ± "
+                f"{np.round(row['σ'], 4).tolist()} (det F = {row['val_detF']:.3g}, "
+                f"{row['seconds']:.0f} s)")
+            rows.append(row)
+            self._write_table(rows)
+        self._write_table(rows)
+        return rows
+
+    def _converged(self, row):
+        step = np.abs(np.asarray(row["θ_hat"]) - np.asarray(row["θ_fid"]))
+        return bool(np.all(step < self.tolerance * np.asarray(row["σ"])))
+
+    def _write_table(self, rows):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with open(os.path.join(self.out, "rounds.json"), "w") as f:
+            json.dump(rows, f, indent=2, ensure_ascii=False)
+        n = len(rows[0]["θ_fid"]) if rows else 0
+        table = {"round": [r["round"] for r in rows],
+                 **{f"theta_fid_{a}": [r["θ_fid"][a] for r in rows] for a in range(n)},
+                 **{f"theta_hat_{a}": [r["θ_hat"][a] for r in rows] for a in range(n)},
+                 **{f"sigma_{a}": [r["σ"][a] for r in rows] for a in range(n)},
+                 "val_detF": [r["val_detF"] for r in rows],
+                 "seconds": [r["seconds"] for r in rows]}
+        pq.write_table(pa.table(table), os.path.join(self.out, "rounds.parquet"))
+        if rows:
+            plot_path(rows, os.path.join(self.out, "path.png"))
+
+    def final(self):
+        """(θ̂ float(n_params,), F of one realisation, run folder) of the last round."""
+        rows = self.rounds()
+        if not rows:
+            raise InferenceError(f"{self.out}: no finished round")
+        last = rows[-1]
+        return (np.asarray(last["θ_hat"]), np.asarray(last["F"]),
+                os.path.join(self._round_dir(last["round"]), "run"))
+
+
+def _inside(θ, lo, hi):
+    θ = np.asarray(θ, float)
+    return bool(np.all(θ > lo) and np.all(θ < hi))
+
+
+def plot_path(rows, filename):
+    """θ̂ per round (first two parameters) with its 1σ Fisher ellipse."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    θs = np.array([r["θ_hat"] for r in rows])
+    fids = np.array([r["θ_fid"] for r in rows])
+    ax.plot(fids[:, 0], fids[:, 1], "k+", label="θ_fid")
+    ax.plot(θs[:, 0], θs[:, 1], "o-", color="C0", label="θ̂")
+    for r, θ in zip(rows, θs):
+        cov = np.linalg.inv(np.asarray(r["F"]))[:2, :2] / r.get("n_target", 1)
+        vals, vecs = np.linalg.eigh(cov)
+        angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
+        ax.add_patch(Ellipse(θ[:2], 2 * np.sqrt(vals[-1]), 2 * np.sqrt(vals[0]), angle=angle,
+                             fill=False, color="C0", alpha=0.6))
+        ax.annotate(str(r["round"]), θ[:2], textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("θ₀")
+    ax.set_ylabel("θ₁")
+    ax.legend(frameon=False)
+    fig.savefig(filename, bbox_inches="tight")
+    plt.close(fig)
+
+
+# -- after the loop: using the summaries --------------------------------------------------
+
+def gaussian_posterior(θ_hat, F, n_target=1, n_samples=10000, seed=0, grid=None):
+    """Gaussian approximation N(θ̂, (n_target·F)⁻¹): samples float(n_samples, n_params)
+    and, with ``grid`` (a list of 1-D axes), the density on that grid."""
+    cov = np.linalg.inv(np.asarray(F, float) * n_target)
+    rng = np.random.default_rng(seed)
+    samples = rng.multivariate_normal(np.asarray(θ_hat, float), cov, size=n_samples)
+    if grid is None:
+        return samples
+    mesh = np.stack(np.meshgrid(*grid, indexing="ij"), -1)
+    d = mesh - θ_hat
+    inv = np.linalg.inv(cov)
+    density = np.exp(-0.5 * np.einsum("...i,ij,...j->...", d, inv, d))
+    density /= np.sqrt((2 * np.pi) ** len(θ_hat) * np.linalg.det(cov))
+    return samples, density
+
+
+def _prior_draws(simulator, fitted, prior_low, prior_high, n, seed, batch=1000, progress=True,
+                 realisations=1):
+    """(θ float(n, n_params), summaries float(n, realisations, n_summaries)) for
+    θ ~ U(prior box), ``realisations`` iid simulations per θ."""
+    import jax
+    from tqdm.auto import tqdm
+
+    lo, hi = np.asarray(prior_low, np.float32), np.asarray(prior_high, np.float32)
+    rng = np.random.default_rng(seed)
+    θ = (lo + (hi - lo) * rng.random((n, len(lo)))).astype(np.float32)
+    m = int(realisations)
+
+    @jax.jit
+    def summaries(w, keys, θs):  # keys (b, m, 2), θs (b, n_params) -> (b, m, n_summaries)
+        sims = jax.vmap(lambda ks, t: jax.vmap(lambda k: simulator(k, t))(ks))(keys, θs)
+        return fitted.model(w, sims.reshape((-1,) + sims.shape[2:])).reshape(
+            sims.shape[:2] + (-1,))
+
+    base = jax.random.PRNGKey(seed)
+    batch = max(1, batch // m)
+    xs = []
+    for start in tqdm(range(0, n, batch), desc="simulating prior draws", disable=not progress):
+        idx = np.arange(start, min(n, start + batch))
+        keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), m))(idx)
+        xs.append(np.asarray(summaries(fitted.w, keys, θ[idx])))
+    return θ, np.concatenate(xs)
+
+
+def export_pairs(simulator, fitted, prior_low, prior_high, n, path_stem, seed=0, progress=True):
+    """Write (θ, summaries) of n prior draws to ``{path_stem}.npz`` and ``.parquet``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    θ, x = _prior_draws(simulator, fitted, prior_low, prior_high, n, seed, progress=progress)
+    x = x[:, 0]
+    np.savez(path_stem + ".npz", theta=θ, summaries=x)
+    cols = {f"theta_{a}": θ[:, a] for a in range(θ.shape[1])}
+    cols.update({f"summary_{a}": x[:, a] for a in range(x.shape[1])})
+    pq.write_table(pa.table(cols), path_stem + ".parquet")
+    return θ, x
+
+
+def rejection_abc(simulator, fitted, target, prior_low, prior_high, n_draws=20000, accept=0.02,
+                  seed=0, progress=True):
+    """Rejection ABC on the summaries: draw θ from the prior box, simulate, compress,
+    keep the fraction ``accept`` closest to the target in the Fisher metric of the
+    quasi-ML estimates, ρ = (θ̂(x) − θ̂(target))ᵀ F (θ̂(x) − θ̂(target)).
+
+    target: one input or a batch of m iid realisations; every prior draw is then
+    simulated m times too and compared through the mean estimate, as the loop's.
+    Returns accepted θ float(k, n_params) and their distances.
+    """
+    import jax.numpy as jnp
+    from . import fisher
+
+    target = np.asarray(target, np.float32)
+    if target.shape == fitted.input_shape:
+        target = target[None]
+    θ, x = _prior_draws(simulator, fitted, prior_low, prior_high, n_draws, seed, progress=progress,
+                        realisations=len(target))
+    s = fitted.statistics
+    est = np.asarray(fisher.quasi_ml_estimate(jnp.asarray(x), fitted.θ_fid, s["invF"], s["dμ_dθ"],
+                                              s["invC"], s["μ"])).mean(1)
+    target_est = fitted.get_estimate(target).mean(0)
+    d = est - target_est
+    ρ = np.einsum("ni,ij,nj->n", d, fitted.F * len(target), d)
+    keep = np.argsort(ρ)[: max(1, int(accept * n_draws))]
+    return θ[keep], ρ[keep]
