@@ -240,8 +240,11 @@ def plot_path(rows, filename):
     fig, ax = plt.subplots(figsize=(5, 5))
     θs = np.array([r["θ_hat"] for r in rows])
     fids = np.array([r["θ_fid"] for r in rows])
-    ax.plot(fids[:, 0], fids[:, 1], "k+", label="θ_fid")
-    ax.plot(θs[:, 0], θs[:, 1], "o-", color="C0", label="θ̂")
+    ax.plot(fids[:, 0], fids[:, 1], "k+", label="fiducial per round")
+    # the path: start → θ̂ of round 0 → θ̂ of round 1 → …
+    path = np.concatenate([fids[:1], θs])
+    ax.plot(path[:, 0], path[:, 1], "-", color="C0", alpha=0.5)
+    ax.plot(θs[:, 0], θs[:, 1], "o", color="C0", label="estimate per round")
     for r, θ in zip(rows, θs):
         cov = np.linalg.inv(np.asarray(r["F"]))[:2, :2] / r.get("n_target", 1)
         vals, vecs = np.linalg.eigh(cov)

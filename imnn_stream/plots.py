@@ -32,6 +32,7 @@ def plot_history(history, validate, ax=None, expected_detF=None, colour="C0", fi
     ax[0].set_ylabel(r"$|\mathbf{F}|$")
     ax[1].set_ylabel(r"$|\mathbf{C}|$, $|\mathbf{C}^{-1}|$")
     ax[1].axhline(1, color="k", ls=":")
+    ax[1].set_yscale("log")
     ax[2].set_ylabel(r"$\Lambda_2$, $r$")
     ax[2].set_yscale("log")
     ax[2].set_xlabel("iteration")

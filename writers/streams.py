@@ -16,12 +16,17 @@ count the archive was written for (files are regrouped by seed range).
 Files are read through :mod:`writers.fs` (local paths and URLs) with the
 TFRecord framing and CRC32C checked here; each iterator reads ahead in a
 background thread into a queue of at most ``prefetch`` batches, so memory
-is bounded by ``prefetch + 2`` batches per iterator (plus a 1 MiB read
-buffer).
+is bounded by ``prefetch + 2`` batches per iterator plus one read buffer
+per file being read (at most the larger of 4 MiB and one batch of records).
+
+Files are read in large chunks, and runs of equal-length records (the
+normal case: every record of a kind has one size) are located
+arithmetically, framed, CRC-checked and decoded with a few NumPy operations
+per run; any record that breaks the pattern is read through the
+per-record path, which names the file and record in its errors.
 """
 from __future__ import annotations
 
-import itertools
 import queue
 import struct
 import threading
@@ -36,9 +41,11 @@ from .errors import ArchiveError, LayoutError
 from .layout import KindInfo, device_seeds
 from .manifest import Manifest, read_manifest
 from .schema import RecordSpec, _parse_flat, parse_flat
-from .tfrecord import FOOTER_BYTES, HEADER_BYTES, iter_records
+from .tfrecord import (FOOTER_BYTES, FRAMING_BYTES, HEADER_BYTES, _prefix, iter_records,
+                       masked_crc, scan_run)
 
 _LEN = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -167,19 +174,21 @@ class _Template:
         self.fixed = np.flatnonzero(mask)
         self.expected = np.frombuffer(raw, np.uint8)[self.fixed]
 
-    def matches(self, arr: np.ndarray) -> bool:
-        return bool((arr[:, self.fixed] == self.expected).all())
+    def matches(self, arr: np.ndarray) -> np.ndarray:
+        """Per row of ``arr`` (n, length): does it share the fixed bytes?"""
+        return (arr[:, self.fixed] == self.expected).all(axis=1)
 
 
-def _varints(cols: np.ndarray) -> Optional[np.ndarray]:
-    """Decode fixed-width varint columns (n, w) → int64(n); None if not valid."""
+def _varints(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode fixed-width varint columns (n, w) → (int64(n), valid bool(n))."""
     w = cols.shape[1]
-    if (cols[:, -1] >= 0x80).any() or (w > 1 and (cols[:, :-1] < 0x80).any()):
-        return None
+    valid = cols[:, -1] < 0x80
+    if w > 1:
+        valid &= (cols[:, :-1] >= 0x80).all(axis=1)
     value = np.zeros(cols.shape[0], np.uint64)
     for j in range(w):
         value |= (cols[:, j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
-    return value.view(np.int64)
+    return value.view(np.int64), valid
 
 
 class _Source:
@@ -195,9 +204,13 @@ class _Source:
     def raw(self):
         return iter_segment_raw(self.root, self.segs, self.info, self.check_crc)
 
+    def reader(self, dtype) -> "_Reader":
+        return _Reader(self, np.dtype(dtype))
+
     def fill(self, batch: dict, i0: int, records: list) -> None:
         """Decode ``records`` [(path, r, expected_seed, payload)] into rows
-        ``i0..`` of the batch arrays."""
+        ``i0..`` of the batch arrays (the per-record interface; the streams
+        use :class:`_Reader`)."""
         start = 0
         while start < len(records):
             path, length = records[start][0], len(records[start][3])
@@ -206,8 +219,14 @@ class _Source:
                    and len(records[stop][3]) == length):
                 stop += 1
             run = records[start:stop]
-            if not (len(run) > 1 and self._fill_vectorised(batch, i0 + start, run)):
-                self._fill_each(batch, i0 + start, run)
+            done = 0
+            if len(run) > 1:
+                arr = np.frombuffer(b"".join(x[3] for x in run), np.uint8).reshape(
+                    len(run), length)
+                seeds = np.fromiter((x[2] for x in run), np.int64, len(run))
+                done = self.decode(batch, i0 + start, arr, seeds)
+            if done < len(run):
+                self._fill_each(batch, i0 + start + done, run[done:])
             start = stop
 
     def _fill_each(self, batch, i0, run):
@@ -220,43 +239,265 @@ class _Source:
                 (_int_into if typ == "int" else _bytes_into)(batch[key], i0 + j, feats,
                                                              name, path, r)
 
-    def _fill_vectorised(self, batch, i0, run) -> bool:
-        length = len(run[0][3])
-        if self.template is None or self.template.length != length:
-            try:
-                self.template = _Template(run[0][3], self.fields)
-            except (ValueError, IndexError):
-                self.template = None
-                return False
+    def _template_for(self, row: np.ndarray, rebuild: bool) -> Optional[_Template]:
         t = self.template
-        arr = np.frombuffer(b"".join(x[3] for x in run), np.uint8).reshape(len(run), length)
-        if not t.matches(arr):
-            return False
+        if rebuild or t is None or t.length != row.shape[0]:
+            try:
+                t = _Template(row.tobytes(), self.fields)
+            except (ValueError, IndexError, UnicodeDecodeError):
+                t = None
+            self.template = t
+        return t
+
+    def decode(self, batch: dict, i0: int, arr: np.ndarray, seeds: np.ndarray) -> int:
+        """Decode payload rows ``arr`` (n, L) uint8 with expected seeds
+        ``seeds`` into batch rows ``i0..`` with a few NumPy operations.
+
+        Returns how many leading rows were decoded (they all share one byte
+        layout, valid varints, the right value sizes and the expected
+        seeds); the caller decodes the next row with the per-record parser,
+        which names the record in any error."""
+        n = arr.shape[0]
+        t = self._template_for(arr[0], False)
+        if t is None:
+            return 0
+        ok = t.matches(arr)
+        if not ok[0]:  # a new layout of the same length: template from row 0
+            t = self._template_for(arr[0], True)
+            if t is None:
+                return 0
+            ok = t.matches(arr)
+        m = _prefix(ok)
         values = {}
         for name, key, typ, _ in self.fields:
             a, b = t.slices[name]
             if typ == "int":
-                v = _varints(arr[:, a:b])
-                if v is None:
-                    return False
+                v, valid = _varints(arr[:m, a:b])
+                m = min(m, _prefix(valid))
                 values[key] = v
             else:
-                out = batch[key]
-                if b - a != out[0].nbytes:
-                    return False  # wrong size: the per-record path reports it
+                if b - a != batch[key][0].nbytes:
+                    return 0  # wrong size: the per-record path reports it
                 values[key] = arr[:, a:b]
-        seeds = values.get("seed")
-        expected = np.fromiter((x[2] for x in run), np.int64, len(run))
-        if seeds is None or not np.array_equal(seeds, expected):
-            return False  # the per-record path names the first bad record
-        n = len(run)
+        if "seed" not in values:
+            return 0
+        m = min(m, _prefix(values["seed"][:m] == seeds[:m]))
         for key, v in values.items():
-            out = batch[key]
+            out = batch[key][i0:i0 + m]
             if v.ndim == 1:
-                out[i0:i0 + n] = v
+                out[:] = v[:m]
             else:
-                out[i0:i0 + n].reshape(n, -1).view(np.uint8)[:] = v
+                out.reshape(m, -1).view(np.uint8)[:] = v[:m]
+        return m
+
+
+READ_CHUNK = 1 << 20   # bytes read at a time when the segment has that many left
+MAX_RUN_BYTES = 4 << 20  # at most this many bytes of records decoded per step
+BLOCK_BYTES = 1 << 20    # decoded records kept ahead of small batches
+DIRECT_BYTES = 256 << 10  # batches at least this large are decoded in place
+
+
+class _Reader:
+    """Reads a :class:`_Source`'s segments in order, a batch at a time.
+
+    Reads each file in chunks (up to the bytes the rest of the segment
+    needs, at least :data:`READ_CHUNK` when the segment has that many left,
+    and at most the batch's bytes or :data:`MAX_RUN_BYTES`, whichever is
+    larger) and decodes runs of equal-length records with vectorised
+    framing checks (:func:`writers.tfrecord.scan_run`) and the source's
+    vectorised decoder.  The first record a vectorised step cannot take
+    (different layout, bad CRC, truncation, wrong seed, ...) goes through
+    the per-record path, which decodes it or raises an
+    :class:`ArchiveError` naming the file and record.
+    """
+
+    def __init__(self, source: _Source, dtype: np.dtype):
+        self.src = source
+        self.rps = source.info.records_per_seed
+        self._segs = iter(source.segs)
+        self.seg = None
+        self.f = None
+        self.path = None
+        self.done = 0      # records of the segment consumed
+        self.buf = b""
+        self.pos = 0       # read position in buf
+        self.base = 0      # file offset of buf[0]
+        self.eof = False
+        self.block, self.bpos, self.blen = {}, 0, 0  # decoded records not yet handed out
+        self.keys = {key for _, key, _, _ in source.fields}
+        self.row_bytes = max(1, sum(8 if typ == "int" else
+                                    int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                                    for _, _, typ, shape in source.fields))
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.buf = b""
+        self.block, self.bpos, self.blen = {}, 0, 0
+
+    # -- buffer
+    def _read(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            chunk = self.f.read(n - got)
+            if not chunk:
+                self.eof = True
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _have(self) -> int:
+        return len(self.buf) - self.pos
+
+    def _ensure(self, need: int, want: int = 0) -> int:
+        """Make ``need`` bytes available from ``pos`` (fewer at the end of
+        the file), reading ``want`` if more are missing; returns the bytes
+        available."""
+        have = self._have()
+        if have >= need or self.eof:
+            return have
+        chunk = self._read(max(need, want) - have)
+        self.base += self.pos
+        self.buf = self.buf[self.pos:] + chunk if have else chunk
+        self.pos = 0
+        return self._have()
+
+    def _seek(self, offset: int) -> None:
+        self.f.seek(offset)
+        self.buf, self.pos, self.base, self.eof = b"", 0, offset, False
+
+    # -- segments
+    def _next_segment(self) -> bool:
+        self.close()
+        self.seg = next(self._segs, None)
+        if self.seg is None:
+            return False
+        self.path = fs.join(self.src.root, self.seg.path)
+        self.f = fs.open_read(self.path)
+        self.buf, self.pos, self.base, self.eof, self.done = b"", 0, 0, False, 0
+        self._skip(self.seg.skip)
         return True
+
+    def _skip(self, n: int) -> None:
+        """Move past ``n`` framed records (lengths only, like the seek-based
+        skip: their CRCs are not checked)."""
+        r = 0
+        while r < n:
+            if self._ensure(HEADER_BYTES, READ_CHUNK) < HEADER_BYTES:
+                raise ArchiveError(f"truncated: file ends before record {n}", self.path, r)
+            (length,) = _LEN.unpack_from(self.buf, self.pos)
+            rec = length + FRAMING_BYTES
+            k = min(n - r, self._have() // rec)
+            if k > 1:
+                lengths = np.ndarray((k,), "<u8", self.buf, self.pos, (rec,))
+                k = _prefix(lengths == length)
+            if k:
+                self.pos += k * rec
+                r += k
+            else:  # the record runs past the buffer
+                self._seek(self.base + self.pos + rec)
+                r += 1
+
+    def _segment_left(self) -> bool:
+        """Is there a record left to read (opening the next segment if needed)?"""
+        while self.seg is None or self.done == self.seg.take:
+            if not self._next_segment():
+                return False
+        return True
+
+    def read_into(self, batch: dict, size: int) -> int:
+        """Decode up to ``size`` records into rows ``0..`` of the batch;
+        returns how many (fewer only when the segments are exhausted).
+
+        Small batches are served from a decoded block of up to
+        :data:`BLOCK_BYTES` (so the per-run NumPy work is shared by many
+        batches); large ones are decoded straight into the batch."""
+        i = 0
+        while i < size:
+            if self.bpos < self.blen:
+                k = min(size - i, self.blen - self.bpos)
+                for key, arr in self.block.items():
+                    batch[key][i:i + k] = arr[self.bpos:self.bpos + k]
+                i += k
+                self.bpos += k
+            elif not self._segment_left():
+                break
+            elif (size - i) * self.row_bytes >= DIRECT_BYTES:
+                i += self._step(batch, i, size - i)
+            else:
+                n = min(self.seg.take - self.done,
+                        max(size - i, BLOCK_BYTES // self.row_bytes))
+                block = {key: np.empty((n,) + batch[key].shape[1:], batch[key].dtype)
+                         for key in batch if key in self.keys}
+                j = 0
+                while j < n:
+                    j += self._step(block, j, n - j)
+                self.block, self.bpos, self.blen = block, 0, n
+        return i
+
+    def _step(self, batch: dict, i0: int, want: int) -> int:
+        seg, src = self.seg, self.src
+        left = seg.take - self.done
+        want = min(want, left)
+        if self._ensure(HEADER_BYTES, READ_CHUNK) < HEADER_BYTES:
+            return self._one(batch, i0)
+        (length,) = _LEN.unpack_from(self.buf, self.pos)
+        rec = length + FRAMING_BYTES
+        if src.check_crc and masked_crc(self.buf[self.pos:self.pos + 8]) != \
+                _CRC.unpack_from(self.buf, self.pos + 8)[0]:
+            return self._one(batch, i0)  # corrupt framing: do not trust the length
+        want = min(want, max(1, MAX_RUN_BYTES // rec))
+        self._ensure(want * rec, min(left * rec, max(READ_CHUNK, want * rec)))
+        length, k = scan_run(self.buf, self.pos, want, src.check_crc)
+        if k == 0:
+            return self._one(batch, i0)
+        start = self.pos + HEADER_BYTES
+        arr = np.ndarray((k, length), np.uint8, self.buf, start, (rec, 1))
+        first = self.done + np.arange(k)
+        seeds = seg.first_seed + first // self.rps if self.rps > 1 else seg.first_seed + first
+        m = src.decode(batch, i0, arr, seeds)
+        if m == 0:
+            return self._one(batch, i0)
+        self.pos += m * rec
+        self.done += m
+        return m
+
+    def _one(self, batch: dict, i0: int) -> int:
+        """The next record through the per-record checks and parser
+        (messages as :func:`writers.tfrecord.iter_records`)."""
+        seg, path = self.seg, self.path
+        r = seg.skip + self.done
+        offset = self.base + self.pos
+        have = self._ensure(HEADER_BYTES, READ_CHUNK)
+        if have == 0:
+            raise ArchiveError(f"file ends after {r} records, expected at least "
+                               f"{seg.skip + seg.take}", path, r)
+        if have < HEADER_BYTES:
+            raise ArchiveError(f"truncated record header ({have} of {HEADER_BYTES} bytes at "
+                               f"byte {offset})", path, r)
+        (length,) = _LEN.unpack_from(self.buf, self.pos)
+        if self.src.check_crc and masked_crc(self.buf[self.pos:self.pos + 8]) != \
+                _CRC.unpack_from(self.buf, self.pos + 8)[0]:
+            raise ArchiveError(f"length CRC mismatch at byte {offset} (corrupt framing)",
+                               path, r)
+        rec = length + FRAMING_BYTES
+        have = self._ensure(rec)
+        if have < rec:
+            raise ArchiveError(
+                f"truncated record: expected {length + FOOTER_BYTES} bytes of payload and "
+                f"CRC after byte {offset + HEADER_BYTES}, got {have - HEADER_BYTES}", path, r)
+        start = self.pos + HEADER_BYTES
+        payload = self.buf[start:start + length]
+        if self.src.check_crc and masked_crc(payload) != \
+                _CRC.unpack_from(self.buf, start + length)[0]:
+            raise ArchiveError(f"payload CRC mismatch at byte {offset} (corrupt data)", path, r)
+        seed = seg.first_seed + self.done // self.rps
+        self.src._fill_each(batch, i0, [(path, r, seed, payload)])
+        self.pos += rec
+        self.done += 1
+        return 1
 
 
 class DeviceStream:
@@ -312,29 +553,30 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 def _produce(sources, n, epoch, dtype, q, stop):
     try:
         while not stop.is_set():
-            its = [s.raw() for s in sources]
-            done = 0
-            while done < epoch and not stop.is_set():
-                size = min(n, epoch - done)
-                batch = {}
-                for s in sources:
-                    for _, key, typ, shape in s.fields:
-                        if key not in batch:
-                            batch[key] = (np.empty((size,), np.int64) if typ == "int"
-                                          else np.empty((size,) + shape, dtype))
-                # Each source checks its records' seeds against the device's
-                # seed range, so zipped sources are matched by seed.
-                for s, it in zip(sources, its):
-                    records = list(itertools.islice(it, size))
-                    if len(records) != size:
-                        raise ArchiveError(f"stream ended after {done + len(records)} "
-                                           f"records of an epoch of {epoch}")
-                    s.fill(batch, 0, records)
-                done += size
-                if not _put(q, batch, stop):
-                    return
-            for it in its:
-                it.close()
+            readers = [s.reader(dtype) for s in sources]
+            try:
+                done = 0
+                while done < epoch and not stop.is_set():
+                    size = min(n, epoch - done)
+                    batch = {}
+                    for s in sources:
+                        for _, key, typ, shape in s.fields:
+                            if key not in batch:
+                                batch[key] = (np.empty((size,), np.int64) if typ == "int"
+                                              else np.empty((size,) + shape, dtype))
+                    # Each source checks its records' seeds against the device's
+                    # seed range, so zipped sources are matched by seed.
+                    for r in readers:
+                        got = r.read_into(batch, size)
+                        if got != size:
+                            raise ArchiveError(f"stream ended after {done + got} "
+                                               f"records of an epoch of {epoch}")
+                    done += size
+                    if not _put(q, batch, stop):
+                        return
+            finally:
+                for r in readers:
+                    r.close()
     except BaseException as e:  # hand the error to the consumer
         _put(q, e, stop)
 

@@ -1,6 +1,6 @@
-"""Fixtures for the beam_jobs tests: test simulators, Beam flags, a loopback
-GCS emulator (the same start-up as tests/writers/conftest.py, duplicated so the
-beam tests run on their own)."""
+"""Fixtures for the beam_jobs tests: a compilation cache for the Beam workers and a
+loopback GCS emulator (the same start-up as tests/writers/conftest.py, duplicated
+so the beam tests run on their own). Helpers are in beam_helpers.py."""
 from __future__ import annotations
 
 import os
@@ -9,32 +9,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-# Persistent XLA compilation cache shared by the test processes and the Beam
-# worker processes they start (inherited through the environment): each worker
-# would otherwise recompile the same simulators (seconds each on 2 cores).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "imnn-stream-test-jax-cache"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import jax  # noqa: E402  (already imported by tests/conftest.py: configure it directly)
-
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-
-SIMS = str(Path(__file__).with_name("beam_sims.py"))
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "imnn-stream-test-jax-cache")
 
 
-def sim(name: str) -> str:
-    """``path/beam_sims.py:name``: a test simulator the workers can import."""
-    return f"{SIMS}:{name}"
-
-
-def multi(workers: int = 2) -> list:
-    """Beam flags: the default FnApiRunner in multi-process mode, ``workers`` processes."""
-    return [f"--direct_num_workers={workers}"]
+@pytest.fixture(scope="module", autouse=True)
+def worker_compilation_cache():
+    """A persistent XLA compilation cache for the Beam worker processes these
+    tests start (they inherit the environment): each worker would otherwise
+    recompile the same simulators, seconds each on 2 cores. Set per module and
+    removed afterwards, so no other package's tests see it."""
+    mp = pytest.MonkeyPatch()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
+    mp.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    yield
+    mp.undo()
 
 
 def free_port() -> int:

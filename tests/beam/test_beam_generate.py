@@ -24,7 +24,7 @@ from writers.manifest import read_manifest
 from writers.schema import decode_example
 from writers.tfrecord import iter_records
 
-from conftest import multi, sim
+from beam_helpers import multi, sim
 
 THETA, DELTA = [0.0, 1.0], [0.1, 0.2]
 # 24 shards: fiducial 4 seeds per shard, derivative 1 seed (4 records) per shard

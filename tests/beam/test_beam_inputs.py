@@ -15,7 +15,7 @@ from beam_jobs.job import JOB_NAME
 from beam_jobs.pipeline import check_existing, pipeline_options
 from writers.layout import plan_shards
 
-from conftest import multi, sim
+from beam_helpers import multi, sim
 
 
 def test_indivisible_counts_refused_before_any_work(tmp_path):
