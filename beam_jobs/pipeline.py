@@ -17,7 +17,6 @@ order or on which runner it was written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from writers import fs
 from writers.errors import ArchiveError
 from writers.layout import ShardSpec
 from writers.schema import RecordSpec, decode_example, encode_example
-from writers.shard import FileMeta, write_shard
+from writers.shard import FileMeta, HashingReader, write_shard
 from writers.tfrecord import FRAMING_BYTES, iter_records
 
 from .job import JOB_NAME, Job
@@ -114,7 +113,7 @@ def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
     expected = expected_keys(job, spec)
     try:
         with fs.open_read(path) as f:
-            reader = _HashingReader(f)  # one streaming pass: checks and SHA-256
+            reader = HashingReader(f)  # one streaming pass: checks and SHA-256
             for i, (off, raw) in enumerate(iter_records(reader, spec.path, with_offsets=True)):
                 rec = decode_example(raw, rspec, spec.path, i)
                 key = (rec["seed"], rec.get("derivative", -1), rec.get("parameter", -1))
@@ -128,19 +127,6 @@ def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
         return None
     return FileMeta(spec.path, len(entries), entries[0][0], entries[-1][0], reader.n,
                     reader.sha.hexdigest(), entries)
-
-
-class _HashingReader:
-    """File wrapper that hashes and counts the bytes read through it."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.n = f, hashlib.sha256(), 0
-
-    def read(self, n=-1):
-        b = self.f.read(n)
-        self.sha.update(b)
-        self.n += len(b)
-        return b
 
 
 # --------------------------------------------------------------------------- DoFns

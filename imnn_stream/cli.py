@@ -41,7 +41,6 @@ def _add_fit_options(p, defaults):
 def _fit_archive(archive, args, out, expected_detF=None):
     """Fit the streaming trainer of ``archive``'s mode; write the run folder."""
     import jax
-    import writers
     from . import models, optimisers
     from .dataset import DatasetGradientIMNN, DatasetNumericalGradientIMNN
     from .runs import save_run

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import checks
 from .classes import _aggregation, _δθ
 from .modes import gradient_mode, numerical_mode
 from .sources import IteratorSource, StreamSource, device_blocks

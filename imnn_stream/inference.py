@@ -99,7 +99,7 @@ class InferenceLoop:
         import jax
         import writers
         from . import models, optimisers
-        from .dataset import DatasetGradientIMNN, DatasetNumericalGradientIMNN  # noqa: F401
+        from .dataset import DatasetNumericalGradientIMNN
         from .runs import save_run
 
         t0 = time.perf_counter()

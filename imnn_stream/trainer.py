@@ -6,7 +6,6 @@ strategy (:mod:`imnn_stream.strategies`); this module knows neither which.
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import time

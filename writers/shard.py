@@ -94,3 +94,20 @@ def file_digest(path: str) -> tuple[int, str]:
             digest.update(chunk)
             n += len(chunk)
     return n, digest.hexdigest()
+
+
+class HashingReader:
+    """File wrapper that hashes and counts the bytes read through it."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.sha.update(b)
+        self.n += len(b)
+        return b
+
+    def drain(self):
+        while b := self.read(4 << 20):
+            pass

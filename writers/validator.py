@@ -12,7 +12,6 @@ Parquet index agreeing with the files.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -23,6 +22,7 @@ from . import fs
 from .errors import ArchiveError, format_location
 from .manifest import INDEX_NAME, MANIFEST_NAME, Manifest, consistency_errors
 from .schema import RecordSpec, decode_example, parse_features
+from .shard import HashingReader
 from .tfrecord import iter_records
 
 
@@ -64,23 +64,6 @@ class ValidationReport:
 
     def __str__(self) -> str:
         return "\n".join([str(i) for i in self.errors + self.warnings] + [self.summary_line()])
-
-
-class _HashingReader:
-    """File wrapper that hashes and counts the bytes read through it."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.n = f, hashlib.sha256(), 0
-
-    def read(self, n=-1):
-        b = self.f.read(n)
-        self.sha.update(b)
-        self.n += len(b)
-        return b
-
-    def drain(self):
-        while b := self.read(4 << 20):
-            pass
 
 
 def kind_record_spec(m: Manifest, split: str, kind: str) -> RecordSpec:
@@ -179,7 +162,7 @@ def _check_file(root, m, info, spec, f, err, warn, nonfinite_fatal, cap):
             err(msg, rel, rec)
 
     with fs.open_read(path) as raw_f:
-        hf = _HashingReader(raw_f)
+        hf = HashingReader(raw_f)
         try:
             for r, raw in enumerate(iter_records(hf, rel)):
                 count = r + 1

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 
 import numpy as np
 
@@ -19,24 +17,6 @@ def make_arrays(seed=0, dtype=np.float32, n_s=N_S, n_d=N_D, shape=SHAPE):
     der = rng.normal(size=(n_d, 2, N_PARAMS) + shape).astype(dtype)
     grad = rng.normal(size=(n_d,) + shape + (N_PARAMS,)).astype(dtype)
     return fid, der, grad
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc, timeout=30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with status {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} did not start within {timeout}s")
 
 
 def rewrite_manifest(root, edit):
