@@ -72,17 +72,19 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
         assert json.load(f)["iterations"] == iterations
 
 
-def test_estimate_from_run_on_npy_and_archive(archive, tmp_path):
+def test_estimate_from_run_on_npy_and_archive(archive, tmp_path, capsys):
+    from imnn_stream.cli import main  # in this process: the same code path, no start-up cost
+
     path, target = archive
     run = str(tmp_path / "run")
-    subprocess.run(fit_args(path, run, 5), check=True, capture_output=True, timeout=600)
+    assert main(fit_args(path, run, 5)[3:]) == 0
     data = toy_data(9, 64, 1)[0]
     np.save(tmp_path / "target.npy", data)
     out = []
     for source in (str(tmp_path / "target.npy"), target):
-        r = subprocess.run(CLI + ["estimate", run, source], check=True, capture_output=True,
-                           text=True, timeout=600)
-        out.append(np.array(json.loads(r.stdout.strip().splitlines()[-1])["estimate"]))
+        capsys.readouterr()
+        assert main(["estimate", run, source]) == 0
+        out.append(np.array(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["estimate"]))
     assert out[0].shape == (64, 2)
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6)
     assert (tmp_path / "run" / "history.png").stat().st_size > 1000
