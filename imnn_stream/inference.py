@@ -167,8 +167,6 @@ class InferenceLoop:
         lo, hi = np.asarray(self.prior_low), np.asarray(self.prior_high)
         previous = None
         if rows:
-            with open(os.path.join(self._round_dir(len(rows) - 1), "run", "imnn.pkl"), "rb") as f:
-                previous = pickle.load(f)["w"]
             log(f"resuming after {len(rows)} finished round(s)")
         while True:
             if rows and self._converged(rows[-1]):
@@ -183,6 +181,10 @@ class InferenceLoop:
             if len(rows) >= self.max_rounds:
                 log(f"stopped after max_rounds = {self.max_rounds}; θ̂ = {rows[-1]['θ_hat']}")
                 break
+            if rows and previous is None and self.warm_start:  # resumed: last round's weights
+                with open(os.path.join(self._round_dir(len(rows) - 1), "run", "imnn.pkl"),
+                          "rb") as f:
+                    previous = pickle.load(f)["w"]
             θ_fid = rows[-1]["θ_hat"] if rows else self.theta_start
             log(f"round {len(rows)}: fitting at θ_fid = {np.round(θ_fid, 4).tolist()}")
             row, previous = self._round(len(rows), θ_fid, previous)
