@@ -183,6 +183,8 @@ def _varints(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Decode fixed-width varint columns (n, w) → (int64(n), valid bool(n))."""
     w = cols.shape[1]
     valid = cols[:, -1] < 0x80
+    if w == 1:
+        return cols[:, 0].astype(np.int64), valid
     if w > 1:
         valid &= (cols[:, :-1] >= 0x80).all(axis=1)
     value = np.zeros(cols.shape[0], np.uint64)
@@ -282,6 +284,8 @@ class _Source:
         if "seed" not in values:
             return 0
         m = min(m, _prefix(values["seed"][:m] == seeds[:m]))
+        if m == 0:
+            return 0
         for key, v in values.items():
             out = batch[key][i0:i0 + m]
             if v.ndim == 1:
