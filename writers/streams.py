@@ -16,14 +16,17 @@ count the archive was written for (files are regrouped by seed range).
 Files are read through :mod:`writers.fs` (local paths and URLs) with the
 TFRecord framing and CRC32C checked here; each iterator reads ahead in a
 background thread into a queue of at most ``prefetch`` batches, so memory
-is bounded by ``prefetch + 2`` batches per iterator plus one read buffer
-per file being read (at most the larger of 4 MiB and one batch of records).
+is bounded by ``prefetch + 2`` batches per iterator plus, per iterator,
+one read buffer (at most the larger of 4 MiB and one batch of records) and
+one block of decoded records (at most the larger of 1 MiB and one batch).
 
 Files are read in large chunks, and runs of equal-length records (the
 normal case: every record of a kind has one size) are located
 arithmetically, framed, CRC-checked and decoded with a few NumPy operations
-per run; any record that breaks the pattern is read through the
-per-record path, which names the file and record in its errors.
+per run (:func:`writers.tfrecord.scan_run`; long runs check their payload
+CRCs together, see there); any record that breaks the pattern is read
+through the per-record path, which names the file and record (numbered from
+the start of the file) in its errors.
 """
 from __future__ import annotations
 
@@ -309,7 +312,9 @@ class _Reader:
     and at most the batch's bytes or :data:`MAX_RUN_BYTES`, whichever is
     larger) and decodes runs of equal-length records with vectorised
     framing checks (:func:`writers.tfrecord.scan_run`) and the source's
-    vectorised decoder.  The first record a vectorised step cannot take
+    vectorised decoder.  Small batches are cut from a block of up to
+    :data:`BLOCK_BYTES` of decoded records, so that the fixed NumPy cost of
+    a run is shared by many batches.  The first record a vectorised step cannot take
     (different layout, bad CRC, truncation, wrong seed, ...) goes through
     the per-record path, which decodes it or raises an
     :class:`ArchiveError` naming the file and record.

@@ -56,6 +56,9 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
     at ``pos + 12 + i·(L + 16)``.  ``k`` stops before the first record that
     differs or fails a check (``k == 0`` when the first one does: read that
     one with the per-record checks of :func:`iter_records` for the error).
+    Runs of at least 256 records check their payload CRCs all at once
+    against the CRC of the run's bytes (see :func:`_run_crc_ok`), shorter
+    ones record by record.
     """
     (length,) = struct.unpack_from("<Q", buf, pos)
     rec = length + FRAMING_BYTES
