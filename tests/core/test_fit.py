@@ -118,16 +118,17 @@ def count_compiles(fn):
     return len(events)
 
 
-@pytest.mark.parametrize("aggregated", [False, True])
-def test_second_fit_continues_and_compiles_nothing(cpu_devices, aggregated):
+@pytest.mark.parametrize("loop", ["step", "while_loop", "aggregated"])
+def test_second_fit_continues_and_compiles_nothing(cpu_devices, loop):
     f, d, _ = toy_data(3, 200, 200)
     kw = kwargs(n_s=200, n_d=200, hidden=(16,))
-    if aggregated:
+    if loop == "aggregated":
         imnn = im.AggregatedNumericalGradientIMNN(**kw, fiducial=f, derivative=d, δθ=DELTA_THETA,
                                                   host=cpu_devices[0], devices=cpu_devices[:2],
                                                   n_per_device=50)
     else:
         imnn = im.NumericalGradientIMNN(**kw, fiducial=f, derivative=d, δθ=DELTA_THETA)
+        imnn.loop = loop
     imnn.fit(10.0, 0.1, min_iterations=0, max_iterations=5, patience=100)
     count = imnn.state[1][0].count
     assert len(imnn.history["detF"]) == 5 and int(count) == 5
@@ -137,12 +138,31 @@ def test_second_fit_continues_and_compiles_nothing(cpu_devices, aggregated):
     assert int(imnn.state[1][0].count) == 12  # the optimiser's step count went on
 
 
-def test_non_finite_summaries_stop_with_the_iteration():
+def test_while_loop_and_stepwise_fits_are_identical():
+    f, d, _ = toy_data(3, 100, 100)
+    vf, vd, _ = toy_data(4, 100, 100)
+    runs = []
+    for loop in ("step", "while_loop"):
+        imnn = im.NumericalGradientIMNN(**kwargs(n_s=100, n_d=100, hidden=(16,)), fiducial=f,
+                                        derivative=d, δθ=DELTA_THETA, validation_fiducial=vf,
+                                        validation_derivative=vd)
+        imnn.loop = loop
+        imnn.fit(10.0, 0.1, min_iterations=0, patience=5, max_iterations=40)
+        runs.append(imnn)
+    a, b = runs
+    np.testing.assert_allclose(a.history["val_detF"], b.history["val_detF"], rtol=1e-5)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda x, y: np.allclose(x, y, rtol=1e-5, atol=1e-7), a.w, b.w))
+
+
+@pytest.mark.parametrize("loop", ["step", "while_loop"])
+def test_non_finite_summaries_stop_with_the_iteration(loop):
     f, d, _ = toy_data(3, 100, 100)
     f = f.copy()
     f[17, 3] = np.nan
     imnn = im.NumericalGradientIMNN(**kwargs(n_s=100, n_d=100, hidden=(8,)), fiducial=f,
                                     derivative=d, δθ=DELTA_THETA)
+    imnn.loop = loop
     with pytest.raises(im.NonFiniteError, match="iteration 0"):
         imnn.fit(10.0, 0.1, max_iterations=10)
 
