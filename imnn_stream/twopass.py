@@ -37,11 +37,15 @@ class TwoPass:
     """Pass-1 outputs, host loss gradient and pass-2 VJPs for one data mode."""
 
     def __init__(self, mode, host, devices, in_flight: int = 2, group_bytes: int = 8 << 20,
-                 max_group: int = 64):
+                 max_group: int = 64, fuse=None):
         self.mode, self.host, self.devices = mode, host, list(devices)
         self.in_flight, self.group_bytes, self.max_group = in_flight, group_bytes, max_group
-        self._fwd = {k: jax.jit(self._forward(mode.outputs[k])) for k in mode.kinds}
-        self._bwd = {k: jax.jit(self._accumulate(mode.outputs[k]), donate_argnums=3)
+        # XLA:CPU runs convolutions inside loops (lax.map/scan) several times slower than
+        # outside, and a CPU "device" has host memory: there a group goes through the
+        # network as one batch. On accelerators the group is scanned n_per_device at a time.
+        self.fuse = all(d.platform == "cpu" for d in self.devices) if fuse is None else fuse
+        self._fwd = {k: jax.jit(self._forward(mode.outputs[k], self.fuse)) for k in mode.kinds}
+        self._bwd = {k: jax.jit(self._accumulate(mode.outputs[k], self.fuse), donate_argnums=3)
                      for k in mode.kinds}
         self._checks = {}
 
@@ -55,21 +59,32 @@ class TwoPass:
         self._assemble = jax.jit(mode.assemble)
 
     @staticmethod
-    def _forward(fn):
-        """(w, batches float(k, n, ...)) -> outputs (k, n, ...), n samples at a time."""
+    def _forward(fn, fuse):
+        """(w, batches float(k, n, ...)) -> outputs (k, n, ...): n samples at a time, or
+        all k·n at once when ``fuse``."""
         def forward(w, batches):
+            if fuse:
+                out = fn(w, _merge(batches))
+                return jax.tree_util.tree_map(lambda a: a.reshape((-1, _n(batches)) + a.shape[1:]),
+                                              out)
             return jax.lax.map(lambda b: fn(w, b), batches)
         return forward
 
     @staticmethod
-    def _accumulate(fn):
-        """acc + Σ_b VJP of fn(·, batch_b) at w with cotangent_b, one batch at a time."""
+    def _accumulate(fn, fuse):
+        """acc + Σ_b VJP of fn(·, batch_b) at w with cotangent_b: one batch at a time, or
+        one VJP over the merged group when ``fuse``."""
+        def one(w, batch, cot):
+            _, vjp = jax.vjp(lambda v: fn(v, batch), w)
+            return vjp(cot)[0]
+
         def step(w, batches, cots, acc):
+            if fuse:
+                g = one(w, _merge(batches), _merge(cots))
+                return jax.tree_util.tree_map(jnp.add, acc, g)
+
             def body(acc, bc):
-                batch, cot = bc
-                _, vjp = jax.vjp(lambda v: fn(v, batch), w)
-                (g,) = vjp(cot)
-                return jax.tree_util.tree_map(jnp.add, acc, g), None
+                return jax.tree_util.tree_map(jnp.add, acc, one(w, *bc)), None
             return jax.lax.scan(body, acc, (batches, cots))[0]
         return step
 
@@ -191,6 +206,15 @@ class TwoPass:
         """Drop the first-pass record of ``tag`` (its data changes, e.g. new simulations)."""
         for key in [k for k in self._checks if k[0] == tag]:
             del self._checks[key]
+
+
+def _merge(tree):
+    """(k, n, ...) leaves -> (k·n, ...)."""
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), tree)
+
+
+def _n(tree):
+    return jax.tree_util.tree_leaves(tree)[0].shape[1]
 
 
 def _same(a, b):
