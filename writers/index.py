@@ -68,7 +68,10 @@ def write_index(root: str, manifest) -> str:
 def read_index(root: str) -> pa.Table:
     """The archive's index as a pyarrow Table."""
     from .manifest import INDEX_NAME
-    return pq.read_table(io.BytesIO(fs.read_bytes(fs.join(root, INDEX_NAME))))
+    # use_threads=False: pyarrow 25's threaded reader of an in-memory buffer aborts the
+    # interpreter at exit about half the time ("terminate called without an active
+    # exception"); the index is small, one thread reads it fast enough
+    return pq.read_table(io.BytesIO(fs.read_bytes(fs.join(root, INDEX_NAME))), use_threads=False)
 
 
 def find(root: str, **where) -> list[dict]:
