@@ -246,3 +246,13 @@ def test_tfds_builder_from_directory(tmp_path, arrays):
     m2 = write_arrays(str(tmp_path / "t2"), "fiducial", [1.0], fiducial=fid, n_devices=2)
     with pytest.raises(LayoutError, match="1 device"):
         write_tfds_metadata(str(tmp_path / "t2"), m2)
+
+
+def test_reading_the_index_never_aborts_the_interpreter_at_exit(numerical_archive):
+    # pyarrow 25 aborted ("terminate called without an active exception") in about half
+    # of the processes that read an in-memory Parquet buffer with threads
+    root, _ = numerical_archive
+    code = f"from writers.index import read_index; read_index({root!r})"
+    codes = [subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+             for _ in range(6)]
+    assert codes == [0] * 6
