@@ -70,13 +70,7 @@ def segments(manifest: Manifest, split: str, kind: str, n_devices: int,
         raise LayoutError(
             f"cannot split split {split!r} between {n_devices} devices: {e.detail} "
             f"(archive written for {manifest.n_devices})", manifest_path(manifest)) from None
-    rps = info.records_per_seed
-    out = []
-    for f in manifest.files(split, kind):
-        lo, hi = max(a, f["first_seed"]), min(b, f["last_seed"] + 1)
-        if lo < hi:
-            out.append(Segment(f["path"], (lo - f["first_seed"]) * rps, (hi - lo) * rps, lo))
-    return out
+    return _seed_segments(manifest, split, kind, a, b)
 
 
 def manifest_path(manifest) -> str:
@@ -661,6 +655,7 @@ def device_streams(root: str, split: str, n_devices: int, n_per_device: int,
 
 
 def _seed_segments(m: Manifest, split: str, kind: str, a: int, b: int) -> list[Segment]:
+    """The file pieces holding seeds [a, b) of a kind."""
     rps = m.kind_info(split, kind).records_per_seed
     out = []
     for f in m.files(split, kind):
