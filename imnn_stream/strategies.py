@@ -6,7 +6,8 @@
   memory (*aggregated*) or read as a stream (*streaming*), two passes per
   iteration (:mod:`imnn_stream.twopass`).
 
-Both expose ``value_and_grad(w, key, λ, α, data) -> (grad, stats)``,
+Both expose ``value_and_grad(w, key, λ, α, data) -> (grad, stats)`` (traceable for
+InMemory; ``host_value_and_grad`` is its compiled form for one-off calls),
 ``stats(w, key, λ, α, data) -> stats`` and ``summaries(w, key, data) -> (x, dx)``,
 where ``data`` is the strategy's ``train`` or ``validation`` attribute.
 """
@@ -31,7 +32,7 @@ class InMemory:
     def __init__(self, mode, train=None, validation=None, simulate=False):
         self.mode, self.train, self.validation, self.simulate = mode, train, validation, simulate
         self.has_validation = simulate or validation is not None
-        self._vg = jax.jit(self.value_and_grad)
+        self.host_value_and_grad = jax.jit(self.value_and_grad)
         self._summaries = jax.jit(self.summaries)
 
     def _data(self, key, data):
@@ -85,6 +86,8 @@ class TwoPassStrategy:
     def stats(self, w, key, λ, α, data):
         tag = self._tag(data)
         return self.engine.stats(w, self._sources(key, data, tag), λ, α, tag)
+
+    host_value_and_grad = value_and_grad
 
     def host_summaries(self, w, key, data):
         tag = self._tag(data)

@@ -403,7 +403,8 @@ class Trainer:
         α = fisher.alpha(λ, ϵ)
         w = self.w if w is None else w
         key = self._stats_key if key is None else key
-        return jax.device_get(self._strategy.value_and_grad(w, key, float(λ), α, self._strategy.train))
+        return jax.device_get(self._strategy.host_value_and_grad(w, key, float(λ), α,
+                                                                 self._strategy.train))
 
     # -- statistics and estimates ----------------------------------------------------
 
