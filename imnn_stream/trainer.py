@@ -2,12 +2,12 @@
 early stopping, history, Fisher statistics, estimates, plots, save/load.
 
 A trainer is a data mode (:mod:`imnn_stream.modes`) run by an execution
-strategy (:mod:`imnn_stream.strategies`); this module knows neither which.
+strategy (:mod:`imnn_stream.strategies`); this module knows neither which. The
+state carried between iterations is :mod:`imnn_stream.loop_state`; checkpoints
+and save files are :mod:`imnn_stream.checkpoint`.
 """
 from __future__ import annotations
 
-import os
-import pickle
 import time
 
 import jax
@@ -16,14 +16,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import checks, fisher
+from .checkpoint import Checkpoint, portable, restore_portable, write_atomic
+from .loop_state import COLUMNS as _COLUMNS
+from .loop_state import LoopState, Monitor, bookkeeping
 from .optimisers import as_optimiser
 from .stats import HISTORY_KEYS
 
 __all__ = ["Trainer", "NonFiniteError"]
 
-_COLUMNS = HISTORY_KEYS + tuple("val_" + k for k in HISTORY_KEYS) + ("max_detF",)
 _CHUNK = 500  # iterations per compiled chunk when no progress bar is asked for
-_SAVE_VERSION = 1
 
 
 def estimate(apply, w, input_shape, θ_fid, statistics, d, chunk=4096):
@@ -44,52 +45,8 @@ def estimate(apply, w, input_shape, θ_fid, statistics, d, chunk=4096):
                                                statistics["μ"]))
 
 
-class _Loop:
-    """Mutable state of a running fit: optimiser state, loop key, step count,
-    early-stopping monitor and iterations done in this fit."""
-
-    def __init__(self, state, key, step, mon, done):
-        self.state, self.key, self.step, self.mon, self.done = state, key, step, mon, done
-
-
-class _Checkpoint:
-    """``checkpoint_dir/checkpoint.pkl``: everything a killed fit needs to go on,
-    written atomically. ``run`` (the fit's arguments) must match on resume."""
-
-    def __init__(self, directory, run):
-        self.dir, self.run = os.fspath(directory), run
-        self.path = os.path.join(self.dir, "checkpoint.pkl")
-
-    def exists(self):
-        return os.path.exists(self.path)
-
-    def save(self, trainer, loop):
-        os.makedirs(self.dir, exist_ok=True)
-        blob = jax.device_get(dict(run=self.run, state=loop.state, key=loop.key, step=loop.step,
-                                   mon=loop.mon, done=loop.done, history=trainer.history,
-                                   stats_key=trainer._stats_key))
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            pickle.dump(blob, f)
-        os.replace(tmp, self.path)
-
-    def restore(self, trainer):
-        with open(self.path, "rb") as f:
-            blob = pickle.load(f)
-        if blob["run"] != self.run:
-            diff = {k: (blob["run"].get(k), v) for k, v in self.run.items() if blob["run"].get(k) != v}
-            raise ValueError(f"{self.path}: checkpoint was written by a fit with other arguments "
-                             f"(saved, now): {diff}; use another checkpoint_dir or resume=False")
-        trainer.history, trainer._stats_key = blob["history"], blob["stats_key"]
-        return _Loop(blob["state"], blob["key"], jnp.int32(blob["step"]), blob["mon"], blob["done"])
-
-
 class NonFiniteError(FloatingPointError):
     """Summaries, their derivatives or the loss became NaN or infinite."""
-
-
-def _where_tree(cond, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
 class Trainer:
@@ -157,27 +114,8 @@ class Trainer:
     def validate(self) -> bool:
         return self._strategy.has_validation
 
-    # -- one iteration's bookkeeping (pure, shared by both fitting loops) ---------
-
-    def _bookkeeping(self, state, g, step, mon, w, st, vst, fit_iteration, patience, min_iterations):
-        finite = st["finite"] & vst["finite"]
-        state = _where_tree(finite, self._opt.update(step, g, state), state)
-        improved = finite & (vst["logdetF"] > mon["best"])
-        count = jnp.where(improved, 0, mon["count"] + 1)
-        mon = dict(best=jnp.where(improved, vst["logdetF"], mon["best"]),
-                   best_detF=jnp.where(improved, vst["detF"], mon["best_detF"]),
-                   best_w=_where_tree(improved, w, mon["best_w"]),
-                   count=count,
-                   # stop after `patience` iterations in a row without improvement
-                   stop=(count >= patience) & (count > 0) & (fit_iteration + 1 >= min_iterations),
-                   bad=jnp.where(finite, mon["bad"], step))
-        row = jnp.stack([st[k] for k in HISTORY_KEYS] + [vst[k] for k in HISTORY_KEYS]
-                        + [mon["best_detF"]]).astype(jnp.float32)
-        return state, step + finite.astype(step.dtype), mon, row
-
-    def _new_monitor(self, w):
-        return dict(best=jnp.float32(-jnp.inf), best_detF=jnp.float32(jnp.nan), best_w=w,
-                    count=jnp.int32(0), stop=jnp.bool_(False), bad=jnp.int32(-1))
+    def _bookkeeping(self, *args):
+        return bookkeeping(self._opt, *args)
 
     # -- fitting -----------------------------------------------------------------------
 
@@ -226,40 +164,38 @@ class Trainer:
         run = dict(λ=λ, ϵ=float(ϵ), patience=patience, min_iterations=min_iterations,
                    max_iterations=max_iterations, rng=np.asarray(jax.random.key_data(rng)
                                                                  if rng.dtype != np.uint32 else rng).tolist())
-        ckpt = None if checkpoint_dir is None else _Checkpoint(checkpoint_dir, run)
+        ckpt = None if checkpoint_dir is None else Checkpoint(checkpoint_dir, run)
         key, self._stats_key = jax.random.split(rng)
         w = self._opt.params(self.state)
-        mon = self._monitor if self._monitor is not None else self._new_monitor(w)
-        mon = dict(mon, count=jnp.int32(0), stop=jnp.bool_(False), bad=jnp.int32(-1))
-        loop = _Loop(state=self.state, key=key, step=jnp.int32(self._step), mon=mon, done=0)
+        mon = (Monitor.new(w) if self._monitor is None else self._monitor).restart()
+        loop = LoopState(state=self.state, key=key, step=jnp.int32(self._step), monitor=mon, done=0)
         if resume and ckpt.exists():
             loop = ckpt.restore(self)
         # commit the carried state to one device, so that every fit call sees the same
         # argument placement and reuses the compiled loop
         host = getattr(self, "host", None) or jax.devices()[0]
-        loop.state, loop.key, loop.step, loop.mon = jax.device_put(
-            (loop.state, loop.key, loop.step, loop.mon), host)
+        loop = LoopState(*jax.device_put(tuple(loop[:4]), host), loop.done)
         bar = tqdm(total=max_iterations, initial=loop.done, disable=print_rate is None,
                    desc="fit", unit="it")
         try:
             loop_args = (loop, max_iterations, print_rate, bar, args, ckpt, checkpoint_every)
             if not self._strategy.compiled:
-                self._fit_stepwise(*loop_args)
+                loop = self._fit_stepwise(*loop_args)
             elif self._compiled_loop():
-                self._fit_compiled(*loop_args)
+                loop = self._fit_compiled(*loop_args)
             else:
-                self._fit_stepwise(*loop_args, iteration=self._fused_iteration)
+                loop = self._fit_stepwise(*loop_args, iteration=self._fused_iteration)
         finally:
             bar.close()
-        self.state, self._step, self._monitor = loop.state, int(loop.step), loop.mon
+        self.state, self._step, self._monitor = loop.state, int(loop.step), loop.monitor
         if ckpt is not None:
             ckpt.save(self, loop)
-        if int(loop.mon["bad"]) >= 0:
+        if int(loop.monitor.bad) >= 0:
             raise NonFiniteError(
-                f"non-finite summaries, derivatives or loss at iteration {int(loop.mon['bad'])} "
+                f"non-finite summaries, derivatives or loss at iteration {int(loop.monitor.bad)} "
                 "(fitting stopped; weights and history kept up to the previous iteration)")
         self.final_w = self._opt.params(loop.state)
-        self.best_w = loop.mon["best_w"]
+        self.best_w = loop.monitor.best_w
         self.w = self.best_w if best else self.final_w
         self.set_F_statistics(self.w, key=self._stats_key)
         return self
@@ -322,7 +258,7 @@ class Trainer:
         def run(state, key, step, mon, n, fit0, λ, α, patience, min_iterations, train, val):
             def cond(c):
                 _, _, _, mon, j, _ = c
-                return (j < n) & ~mon["stop"] & (mon["bad"] < 0)
+                return (j < n) & ~mon.stop & (mon.bad < 0)
 
             def body(c):
                 state, key, step, mon, j, buf = c
@@ -344,36 +280,36 @@ class Trainer:
         while loop.done < max_iterations:
             n = min(chunk, max_iterations - loop.done)
             t0 = time.perf_counter()
-            loop.state, loop.key, loop.step, loop.mon, j, buf = runner(
-                loop.state, loop.key, loop.step, loop.mon, jnp.int32(n), jnp.int32(loop.done),
-                *args, self._strategy.train, self._strategy.validation)
+            *carry, j, buf = runner(*loop[:4], jnp.int32(n), jnp.int32(loop.done), *args,
+                                    self._strategy.train, self._strategy.validation)
             j = int(j)
             self._record(np.asarray(buf)[:j], bar, print_rate,
                          seconds=(time.perf_counter() - t0) / max(j, 1))
-            loop.done += j
+            loop = LoopState(*carry, loop.done + j)
             if ckpt is not None and every is not None:
                 ckpt.save(self, loop)
-            if bool(loop.mon["stop"]) or int(loop.mon["bad"]) >= 0 or j < n:
+            if bool(loop.monitor.stop) or int(loop.monitor.bad) >= 0 or j < n:
                 break
+        return loop
 
-    def _two_pass_iteration(self, loop, args):
+    def _two_pass_iteration(self, loop: LoopState, args):
+        """One iteration of the two passes: -> (loop state with ``done`` unchanged, history row)."""
         λ, α, patience, min_iterations = args
         strategy = self._strategy
-        loop.key, kt, kv = jax.random.split(loop.key, 3)
+        key, kt, kv = jax.random.split(loop.key, 3)
         w = self._opt.params(loop.state)
         g, st = strategy.value_and_grad(w, kt, λ, α, strategy.train)
         vst = strategy.stats(w, kv, λ, α, strategy.validation) if self.validate else st
-        loop.state, loop.step, loop.mon, row = self._book(
-            loop.state, g, loop.step, loop.mon, w, st, vst, loop.done, patience, min_iterations)
-        return row
+        state, step, mon, row = self._book(loop.state, g, loop.step, loop.monitor, w, st, vst,
+                                           loop.done, patience, min_iterations)
+        return LoopState(state, key, step, mon, loop.done), row
 
-    def _fused_iteration(self, loop, args):
+    def _fused_iteration(self, loop: LoopState, args):
         if "fused" not in self._runners:
             self._runners["fused"] = jax.jit(self._iteration())
-        loop.state, loop.key, loop.step, loop.mon, row = self._runners["fused"](
-            loop.state, loop.key, loop.step, loop.mon, loop.done, *args, self._strategy.train,
-            self._strategy.validation)
-        return row
+        *carry, row = self._runners["fused"](*loop[:4], loop.done, *args, self._strategy.train,
+                                             self._strategy.validation)
+        return LoopState(*carry, loop.done), row
 
     def _fit_stepwise(self, loop, max_iterations, print_rate, bar, args, ckpt, every,
                       iteration=None):
@@ -383,9 +319,10 @@ class Trainer:
         rows = []
         t0 = time.perf_counter()
         while loop.done < max_iterations:
-            rows.append(iteration(loop, args))
-            loop.done += 1
-            stop = bool(loop.mon["stop"]) or int(loop.mon["bad"]) >= 0
+            loop, row = iteration(loop, args)
+            rows.append(row)
+            loop = loop._replace(done=loop.done + 1)
+            stop = bool(loop.monitor.stop) or int(loop.monitor.bad) >= 0
             save = ckpt is not None and every is not None and loop.done % every == 0
             if stop or save or (print_rate is not None and len(rows) >= print_rate):
                 self._record(jax.device_get(rows), bar, print_rate,
@@ -396,6 +333,7 @@ class Trainer:
             if stop:
                 break
         self._record(jax.device_get(rows), bar, print_rate)
+        return loop
 
     def loss_gradient(self, λ, ϵ, w=None, key=None):
         """(d loss / d w, statistics) at weights ``w`` (default ``self.w``) on the
@@ -451,46 +389,11 @@ class Trainer:
         return plot_history(self.history, self.validate, ax=ax, expected_detF=expected_detF,
                             colour=colour, figsize=figsize, label=label, filename=filename, ncol=ncol)
 
-    def _portable(self):
-        return jax.device_get(dict(
-            version=_SAVE_VERSION, cls=type(self).__name__,
-            config=dict(n_s=self.n_s, n_d=self.n_d, n_params=self.n_params,
-                        n_summaries=self.n_summaries, input_shape=self.input_shape,
-                        θ_fid=self.θ_fid.tolist()),
-            state=self.state, step=self._step, monitor=self._monitor, history=self.history,
-            initial_w=self.initial_w, final_w=self.final_w, best_w=self.best_w, w=self.w,
-            stats_key=self._stats_key,
-            statistics=dict(F=self.F, invF=self.invF, C=self.C, invC=self.invC,
-                            dμ_dθ=self.dμ_dθ, μ=self.μ)))
-
     def save(self, path):
         """Write weights, optimiser state, statistics and history to ``path``
         (atomically: a temporary file, then renamed)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            pickle.dump(self._portable(), f)
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, portable(self))
 
     def load(self, path):
         """Restore what :meth:`save` wrote into this (identically configured) IMNN."""
-        with open(os.fspath(path), "rb") as f:
-            saved = pickle.load(f)
-        if not isinstance(saved, dict) or saved.get("version") != _SAVE_VERSION:
-            raise ValueError(f"{path}: not an imnn_stream save file (version {_SAVE_VERSION})")
-        mine = self._portable()["config"]
-        for k, v in saved["config"].items():
-            if (list(v) if isinstance(v, (tuple, list)) else v) != (list(mine[k]) if isinstance(mine[k], (tuple, list)) else mine[k]):
-                raise ValueError(f"{path}: saved `{k}` = {v!r} differs from this IMNN's {mine[k]!r}")
-        shapes = jax.tree_util.tree_map(np.shape, self.w)
-        if jax.tree_util.tree_map(np.shape, saved["w"]) != shapes:
-            raise ValueError(f"{path}: saved weights do not match this model's parameter shapes")
-        self.state, self._step, self._monitor = saved["state"], saved["step"], saved["monitor"]
-        self.history = saved["history"]
-        for k in ("initial_w", "final_w", "best_w", "w"):
-            setattr(self, k, saved[k])
-        self._stats_key = saved["stats_key"]
-        for k, v in saved["statistics"].items():
-            setattr(self, k, v)
-        return self
+        return restore_portable(self, path)
