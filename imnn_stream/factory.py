@@ -72,7 +72,7 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
             raise ValueError("`validation_main` and `validation_remaining` must be passed together")
         if not aggregate:
             raise ValueError("`main` and `remaining` need `host`, `devices` and `n_per_device`")
-        from .dataset import DatasetGradientIMNN
+        from .streaming import DatasetGradientIMNN
         return pick(DatasetGradientIMNN, main=main, remaining=remaining,
                     validation_main=validation_main, validation_remaining=validation_remaining,
                     **agg)
@@ -93,7 +93,7 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
         if not aggregate:
             raise TypeError("lists of iterators need `host`, `devices` and `n_per_device`")
         forbid(["cache", "prefetch"], "with lists of iterators (build them into the dataset)")
-        from .dataset import DatasetNumericalGradientIMNN
+        from .streaming import DatasetNumericalGradientIMNN
         return pick(DatasetNumericalGradientIMNN, fiducial=fiducial, derivative=derivative, δθ=δθ,
                     **val, **agg)
     extra = dict(prefetch=prefetch, cache=cache) if aggregate else {}

@@ -9,7 +9,7 @@ import numpy as np
 
 def test_demo_runs_end_to_end_and_reports_det_F(tmp_path):
     out = str(tmp_path / "demo")
-    r = subprocess.run([sys.executable, "-m", "imnn_stream.cli", "demo", "--out", out,
+    r = subprocess.run([sys.executable, "-m", "imnn_stream", "demo", "--out", out,
                         "--n-s", "200", "--max-iterations", "150", "--min-iterations", "150",
                         "--n-per-device", "100", "--optimiser", "adam:3e-3"],
                        capture_output=True, text=True, timeout=900)

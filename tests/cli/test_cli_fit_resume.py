@@ -14,7 +14,7 @@ import pytest
 from writers.archive import write_arrays
 from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
-CLI = [sys.executable, "-m", "imnn_stream.cli"]
+CLI = [sys.executable, "-m", "imnn_stream"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
 
 
 def test_estimate_from_run_on_npy_and_archive(archive, tmp_path, capsys):
-    from imnn_stream.cli import main  # in this process: the same code path, no start-up cost
+    from imnn_stream.app.cli import main  # in this process: the same code path, no start-up cost
 
     path, target = archive
     run = str(tmp_path / "run")

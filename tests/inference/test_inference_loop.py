@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from imnn_stream.inference import InferenceError, InferenceLoop
+from imnn_stream.app.fitting import FitConfig
+from imnn_stream.app.inference import InferenceError, InferenceLoop
 from imnn_stream.simulators import gaussian_toy
 
 TRUE = np.array([0.3, 1.5], np.float32)
@@ -24,7 +25,7 @@ def target():
 
 
 def infer_cmd(out, target_path, rounds=4, extra=()):
-    return [sys.executable, "-m", "imnn_stream.cli", "infer", "--simulator", "toy",
+    return [sys.executable, "-m", "imnn_stream", "infer", "--simulator", "toy",
             "--target", target_path, "--theta-start", "0,1", "--delta-theta", "0.1,0.1",
             "--prior-low=-2,0.2", "--prior-high=2,4", "--n-s", "200",
             "--n-per-device", "100", "--model", "polynomial:2", "--optimiser", "adam:3e-2",
@@ -78,7 +79,7 @@ def test_loop_converges_agrees_with_abc_and_resumes(tmp_path):
 def loop(tmp_path, **kw):
     args = dict(out=str(tmp_path / "x"), simulator="toy", target=target(), theta_start=[0.0, 1.0],
                 delta_theta=[0.1, 0.1], prior_low=[-2.0, 0.2], prior_high=[2.0, 4.0], n_s=200,
-                n_d=200, model="polynomial:2")
+                n_d=200, fit=FitConfig(model="polynomial:2"))
     args.update(kw)
     return InferenceLoop(**args)
 

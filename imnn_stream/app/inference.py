@@ -22,8 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fitting import FitConfig, fit_archive
+
 __all__ = ["InferenceLoop", "InferenceError", "gaussian_posterior", "rejection_abc",
-           "export_pairs"]
+           "export_pairs", "FIT_DEFAULTS"]
+
+#: the loop's fit settings where they differ from FitConfig's defaults
+FIT_DEFAULTS = dict(max_iterations=1000)
 
 
 class InferenceError(ValueError):
@@ -35,7 +40,11 @@ class InferenceLoop:
     """The loop's configuration; :meth:`run` executes (or resumes) it.
 
     simulator: "module:function" / "toy" / "grf" (the Beam job's names);
-    theta_start, delta_theta float(n_params,); prior_low, prior_high: the prior box.
+    theta_start, delta_theta float(n_params,); prior_low, prior_high: the prior box;
+    fit: how every round fits (``fit.devices`` also lays out the archives). Each
+    round r initialises the network from ``fit.seed + r`` (or warm-starts from the
+    previous round's weights), checkpoints every ``max(1, fit.max_iterations // 20)``
+    iterations unless ``fit.checkpoint_every`` says otherwise, and resumes.
     """
     out: str
     simulator: str
@@ -47,19 +56,10 @@ class InferenceLoop:
     simulator_config: dict | None = None
     n_s: int = 1000
     n_d: int = 1000
-    n_devices: int = 2
-    n_per_device: int = 100
-    model: str = "mlp:128,128"
-    optimiser: str = "adam:1e-3"
-    lam: float = 10.0
-    eps: float = 0.1
-    max_iterations: int = 1000
-    patience: int = 100
-    min_iterations: int = 100
+    fit: FitConfig = field(default_factory=lambda: FitConfig(**FIT_DEFAULTS))
     max_rounds: int = 5
     tolerance: float = 0.5
     warm_start: bool = True
-    seed: int = 0
     beam_args: list = field(default_factory=list)
     progress: bool = False
 
@@ -79,6 +79,12 @@ class InferenceLoop:
         if self.tolerance <= 0:
             raise InferenceError(f"`tolerance` must be positive, got {self.tolerance}")
         self.target = np.asarray(self.target, np.float32)
+        if not isinstance(self.fit, FitConfig):
+            raise InferenceError(f"`fit` must be a FitConfig, got {type(self.fit).__name__}")
+
+    @property
+    def seed(self) -> int:
+        return self.fit.seed
 
     # -- one round ---------------------------------------------------------------------
 
@@ -98,17 +104,15 @@ class InferenceLoop:
         import beam_jobs
         import jax
         import writers
-        from . import models, optimisers
-        from .dataset import DatasetNumericalGradientIMNN
-        from .runs import save_run
 
         t0 = time.perf_counter()
         d = self._round_dir(r)
         archive = os.path.join(d, "archive")
         seeds = {"train": self.seed + 2 * r + 1000, "validation": self.seed + 2 * r + 1001}
+        n_devices = self.fit.devices
         manifest = beam_jobs.generate(archive, self.simulator, θ_fid, self.delta_theta, self.n_s,
-                                      self.n_d, self.n_devices, "numerical",
-                                      records_per_shard=max(1, self.n_s // self.n_devices),
+                                      self.n_d, n_devices, "numerical",
+                                      records_per_shard=max(1, self.n_s // n_devices),
                                       seeds=seeds, simulator_config=self.simulator_config,
                                       beam_args=self.beam_args, progress=self.progress)
         target = self._check_target(manifest.input_shape)
@@ -116,24 +120,15 @@ class InferenceLoop:
         if not report.ok:
             raise InferenceError(f"round {r}: the generated archive is invalid: "
                                  f"{report.summary_line()}")
-        opt = optimisers.from_spec(self.optimiser)
-        n_params = len(θ_fid)
-        model = models.from_spec(self.model, n_params)
+        config = self.fit.replace(
+            checkpoint_every=self.fit.checkpoint_every or max(1, self.fit.max_iterations // 20),
+            resume=True)
         key = jax.random.PRNGKey(self.seed + r)
-        key_or_state = opt.init(previous) if (self.warm_start and previous is not None) else key
-        devices = jax.devices("cpu")[: self.n_devices]
-        imnn = DatasetNumericalGradientIMNN.from_archive(
-            archive, model=model, optimiser=opt, key_or_state=key_or_state, host=devices[0],
-            devices=devices, n_per_device=self.n_per_device)
-        try:
-            imnn.fit(self.lam, self.eps, rng=jax.random.fold_in(key, 1), patience=self.patience,
-                     min_iterations=self.min_iterations, max_iterations=self.max_iterations,
-                     checkpoint_dir=os.path.join(d, "checkpoint"),
-                     checkpoint_every=max(1, self.max_iterations // 20), resume=True,
-                     print_rate=max(1, self.max_iterations // 100) if self.progress else None)
-        finally:
-            imnn.close()
-        save_run(os.path.join(d, "run"), imnn, self.model, dict(archive=archive))
+        imnn, _ = fit_archive(archive, config, os.path.join(d, "run"),
+                              weights=previous if self.warm_start else None, key=key,
+                              rng=jax.random.fold_in(key, 1),
+                              checkpoint_dir=os.path.join(d, "checkpoint"),
+                              progress=self.progress)
         estimates = imnn.get_estimate(target)
         θ_hat = estimates.mean(0)
         F = np.asarray(imnn.F, float)
@@ -332,7 +327,7 @@ def rejection_abc(simulator, fitted, target, prior_low, prior_high, n_draws=2000
     Returns accepted θ float(k, n_params) and their distances.
     """
     import jax.numpy as jnp
-    from . import fisher
+    from .. import fisher
 
     target = np.asarray(target, np.float32)
     if target.shape == fitted.input_shape:

@@ -15,8 +15,8 @@ import pickle
 import jax
 import numpy as np
 
-from . import models
-from .trainer import estimate
+from .. import models
+from ..trainer import estimate
 
 __all__ = ["save_run", "FittedIMNN", "load_inputs"]
 

@@ -1,7 +1,8 @@
 """``imnn-stream``: one command, a subcommand per job.
 
-fit, estimate, demo (this package) · validate, adopt (``writers``) · generate
-(``beam_jobs``). jax is imported only after the device count is known, because
+fit, estimate, demo, infer (this package; the fit options are
+:class:`~imnn_stream.app.fitting.FitConfig`'s fields) · validate, adopt
+(``writers``) · generate (``beam_jobs``). jax is imported only after the device count is known, because
 XLA reads ``--xla_force_host_platform_device_count`` once, at start-up.
 """
 from __future__ import annotations
@@ -21,61 +22,10 @@ def _force_host_devices(n: int):
         os.environ["XLA_FLAGS"] = f"{flags} {flag}={n}".strip()
 
 
-def _add_fit_options(p, defaults):
-    p.add_argument("--model", default=defaults.get("model", "mlp:128,128"),
-                   help="mlp:W1,W2,… | cnn:C1,C2,… | package.module:factory (default %(default)s)")
-    p.add_argument("--optimiser", default="adam:1e-3", help="optax name:learning_rate")
-    p.add_argument("--lambda", dest="lam", type=float, default=10.0, help="λ, regulariser strength")
-    p.add_argument("--epsilon", dest="eps", type=float, default=0.1, help="ϵ, closeness of C to I")
-    p.add_argument("--devices", type=int, default=2, help="XLA devices to spread batches over")
-    p.add_argument("--n-per-device", type=int, default=defaults.get("n_per_device", 100))
-    p.add_argument("--n-summaries", type=int, default=None, help="default: n_params")
-    p.add_argument("--max-iterations", type=int, default=defaults.get("max_iterations", 2000))
-    p.add_argument("--patience", type=int, default=defaults.get("patience", 100))
-    p.add_argument("--min-iterations", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0, help="network initialisation seed")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
-
-
-def _fit_archive(archive, args, out, expected_detF=None):
-    """Fit the streaming trainer of ``archive``'s mode; write the run folder."""
-    import jax
-    from . import models, optimisers
-    from .dataset import DatasetGradientIMNN, DatasetNumericalGradientIMNN
-    from .runs import save_run
-    from writers.manifest import read_manifest
-
-    m = read_manifest(archive)
-    cls = {"numerical": DatasetNumericalGradientIMNN, "gradient": DatasetGradientIMNN}.get(m.mode)
-    if cls is None:
-        raise SystemExit(f"{archive}: a {m.mode!r} archive cannot train an IMNN "
-                         "(needs numerical or gradient)")
-    n_summaries = args.n_summaries or m.n_params
-    devices = jax.devices("cpu")[: args.devices] if jax.default_backend() == "cpu" \
-        else jax.devices()[: args.devices]
-    if len(devices) < args.devices:
-        raise SystemExit(f"--devices {args.devices}: only {len(devices)} devices available")
-    imnn = cls.from_archive(archive, model=models.from_spec(args.model, n_summaries),
-                            optimiser=optimisers.from_spec(args.optimiser),
-                            key_or_state=jax.random.PRNGKey(args.seed), host=jax.devices("cpu")[0],
-                            devices=devices, n_per_device=args.n_per_device,
-                            n_summaries=n_summaries)
-    try:
-        imnn.fit(args.lam, args.eps, rng=jax.random.PRNGKey(args.seed + 1),
-                 patience=args.patience, min_iterations=args.min_iterations,
-                 max_iterations=args.max_iterations, print_rate=max(1, args.max_iterations // 100),
-                 checkpoint_dir=os.path.join(out, "checkpoint"),
-                 checkpoint_every=args.checkpoint_every, resume=args.resume)
-    finally:
-        imnn.close()
-    summary = save_run(out, imnn, args.model, dict(archive=str(archive), mode=m.mode),
-                       expected_detF=expected_detF)
-    return imnn, summary
-
-
 def cmd_fit(args, extra):
-    _, summary = _fit_archive(args.archive, args, args.out)
+    from .fitting import fit_archive, fit_config_from_args
+
+    _, summary = fit_archive(args.archive, fit_config_from_args(args), args.out)
     print(f"fitted {summary['iterations']} iterations; det F = {summary['detF']:.4g} "
           f"(validation set when present); run saved in {args.out}")
     return 0
@@ -107,6 +57,7 @@ def cmd_infer(args, extra):
 
     import numpy as np
     from beam_jobs.simulate import SimulatorSpec, load_simulator
+    from .fitting import fit_config_from_args
     from .inference import (InferenceError, InferenceLoop, export_pairs, gaussian_posterior,
                             rejection_abc)
     from .runs import FittedIMNN, load_inputs
@@ -116,11 +67,8 @@ def cmd_infer(args, extra):
         out=args.out, simulator=args.simulator, target=load_inputs(args.target),
         theta_start=args.theta_start, delta_theta=args.delta_theta, prior_low=args.prior_low,
         prior_high=args.prior_high, simulator_config=config, n_s=args.n_s, n_d=args.n_d or args.n_s,
-        n_devices=args.devices, n_per_device=args.n_per_device, model=args.model,
-        optimiser=args.optimiser, lam=args.lam, eps=args.eps, max_iterations=args.max_iterations,
-        patience=args.patience, min_iterations=args.min_iterations, max_rounds=args.max_rounds,
-        tolerance=args.tolerance, warm_start=not args.no_warm_start, seed=args.seed,
-        beam_args=extra, progress=True)
+        fit=fit_config_from_args(args), max_rounds=args.max_rounds, tolerance=args.tolerance,
+        warm_start=not args.no_warm_start, beam_args=extra, progress=True)
     try:
         rows = loop.run()
     except InferenceError as e:
@@ -149,17 +97,21 @@ def cmd_infer(args, extra):
 
 def cmd_demo(args, extra):
     from .demo import run_demo
-    return run_demo(args)
+    from .fitting import fit_config_from_args
+    return run_demo(args.out, args.n_s, fit_config_from_args(args))
 
 
 def build_parser():
+    from . import demo, inference
+    from .fitting import add_fit_options
+
     parser = argparse.ArgumentParser(prog="imnn-stream", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="fit a streaming IMNN on an archive")
     p.add_argument("archive")
     p.add_argument("--out", required=True, help="run folder to write")
-    _add_fit_options(p, {})
+    add_fit_options(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("estimate", help="θ̂ for target data (.npy or fiducial-only archive)")
@@ -172,7 +124,7 @@ def build_parser():
                                     "streaming fit on 2 devices → det F vs 50 → estimate")
     p.add_argument("--out", default="imnn-demo", help="folder for archive and run")
     p.add_argument("--n-s", type=int, default=1000)
-    _add_fit_options(p, dict(n_per_device=250, max_iterations=1500, patience=100))
+    add_fit_options(p, **demo.FIT_DEFAULTS)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("infer", help="iterate generate → fit → estimate until θ̂ converges; "
@@ -195,7 +147,7 @@ def build_parser():
     p.add_argument("--abc-accept", type=float, default=0.02)
     p.add_argument("--export", type=int, default=0, help="(θ, summaries) pairs to export")
     p.add_argument("--out", required=True)
-    _add_fit_options(p, dict(max_iterations=1000))
+    add_fit_options(p, **inference.FIT_DEFAULTS)
     p.set_defaults(func=cmd_infer)
 
     from writers.cli import register as register_writers

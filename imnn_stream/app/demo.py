@@ -17,24 +17,31 @@ import time
 
 import numpy as np
 
+from .fitting import FitConfig, fit_archive
+
 THETA_FID = (0.0, 1.0)
 DELTA_THETA = (0.1, 0.1)
 TARGET_THETA = (0.3, 1.5)
 EXACT_DET_F = 50.0
+#: the demo's fit settings where they differ from FitConfig's defaults
+FIT_DEFAULTS = dict(n_per_device=250, max_iterations=1500, patience=100)
 
 
-def run_demo(args) -> int:
+def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None = None) -> int:
+    """Run the demo into folder ``out`` (archive, run, demo.json) with ``n_s``
+    simulations per split, fitting with ``config`` (default: the ``demo``
+    subcommand's defaults). Returns the exit code."""
     import beam_jobs
     import writers
-    from .cli import _fit_archive
 
+    config = (config or FitConfig(**FIT_DEFAULTS)).replace(expected_detF=EXACT_DET_F)
     t0 = time.perf_counter()
-    archive = os.path.join(args.out, "archive")
-    run = os.path.join(args.out, "run")
-    print(f"[1/4] simulating {args.n_s} fiducial + {args.n_s}×4 finite-difference records per split "
+    archive = os.path.join(out, "archive")
+    run = os.path.join(out, "run")
+    print(f"[1/4] simulating {n_s} fiducial + {n_s}×4 finite-difference records per split "
           f"with Apache Beam → {archive}", flush=True)
-    beam_jobs.generate(archive, "toy", THETA_FID, DELTA_THETA, args.n_s, args.n_s, 2, "numerical",
-                       records_per_shard=max(50, args.n_s // 4), progress=True)
+    beam_jobs.generate(archive, "toy", THETA_FID, DELTA_THETA, n_s, n_s, 2, "numerical",
+                       records_per_shard=max(50, n_s // 4), progress=True)
     print("[2/4] validating the archive", flush=True)
     report = writers.validate(archive)
     print("      " + report.summary_line(), flush=True)
@@ -42,16 +49,16 @@ def run_demo(args) -> int:
         for e in report.errors[:20]:
             print("      error:", e)
         return 1
-    print(f"[3/4] fitting DatasetNumericalGradientIMNN over {args.devices} CPU devices "
-          f"({args.n_per_device} records per device per batch)", flush=True)
-    imnn, summary = _fit_archive(archive, args, run, expected_detF=EXACT_DET_F)
+    print(f"[3/4] fitting DatasetNumericalGradientIMNN over {config.devices} CPU devices "
+          f"({config.n_per_device} records per device per batch)", flush=True)
+    imnn, summary = fit_archive(archive, config, run)
     detF = float(np.linalg.det(imnn.F))
     print(f"      det F = {detF:.2f} on the validation set (exact: {EXACT_DET_F:g}); "
           f"best validation det F during fitting {summary['best_detF']:.2f} "
           f"after {summary['iterations']} iterations", flush=True)
 
     import jax
-    from .simulators import gaussian_toy
+    from beam_jobs.simulators import gaussian_toy
     target = np.asarray(gaussian_toy(jax.random.PRNGKey(2026), np.asarray(TARGET_THETA, np.float32)))
     est = imnn.get_estimate(target)
     err = np.sqrt(np.diag(np.linalg.inv(imnn.F)))
@@ -61,7 +68,7 @@ def run_demo(args) -> int:
                   iterations=summary["iterations"], estimate=est.tolist(), target=TARGET_THETA,
                   fisher_errors=err.tolist(), seconds=time.perf_counter() - t0,
                   history_plot=os.path.join(run, "history.png"))
-    with open(os.path.join(args.out, "demo.json"), "w") as f:
+    with open(os.path.join(out, "demo.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"history plot: {result['history_plot']}; total {result['seconds']:.0f} s")
     print("DEMO_RESULT " + json.dumps(result))
