@@ -46,8 +46,8 @@ __all__ = [
 
 #: shortcuts accepted for ``--simulator``
 BUILTIN_SIMULATORS = {
-    "toy": "imnn_stream.simulators:gaussian_toy",
-    "grf": "imnn_stream.simulators:gaussian_random_field",
+    "toy": "beam_jobs.simulators:gaussian_toy",
+    "grf": "beam_jobs.simulators:gaussian_random_field",
 }
 #: shortcuts that name a factory, called with its defaults when no configuration is given
 BUILTIN_FACTORIES = ("grf",)

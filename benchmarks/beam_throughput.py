@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="beam-throughput-", dir=args.dir)
     theta, delta = [1.0, 2.0], [0.1, 0.1]
     n_d = args.n_s if args.mode == "numerical" else 0
-    job = make_job(args.mode, "imnn_stream.simulators:gaussian_random_field",
+    job = make_job(args.mode, "beam_jobs.simulators:gaussian_random_field",
                    {"size": args.size}, theta, delta, args.n_s, n_d, 1,
                    args.records_per_shard, {"train": 0}, (args.size, args.size),
                    args.batch_size)

@@ -19,7 +19,7 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import imnn_stream as im  # noqa: E402
-from imnn_stream.simulators import gaussian_random_field, gaussian_toy  # noqa: E402
+from beam_jobs.simulators import gaussian_random_field, gaussian_toy  # noqa: E402
 from writers.archive import write_arrays  # noqa: E402
 
 

@@ -35,7 +35,7 @@ def problem_data(problem, n, seed):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from imnn_stream.simulators import gaussian_random_field, gaussian_toy
+    from beam_jobs.simulators import gaussian_random_field, gaussian_toy
 
     if problem == "toy":
         sim, θ, δθ = gaussian_toy, np.array([0.0, 1.0], np.float32), np.array([0.1, 0.1], np.float32)

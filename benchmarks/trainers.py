@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import imnn_stream as im  # noqa: E402
-from imnn_stream.simulators import gaussian_toy  # noqa: E402
+from beam_jobs.simulators import gaussian_toy  # noqa: E402
 from writers.archive import write_arrays  # noqa: E402
 
 θ = np.array([0.0, 1.0], np.float32)

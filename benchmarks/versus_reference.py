@@ -484,7 +484,7 @@ class OursSide:
         import jax
         import jax.numpy as jnp
         import numpy as np
-        from imnn_stream.simulators import gaussian_random_field, gaussian_toy
+        from beam_jobs.simulators import gaussian_random_field, gaussian_toy
         from writers.archive import write_arrays
 
         os.makedirs(WORK, exist_ok=True)

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imnn_stream.simulators import gaussian_toy
+from beam_jobs.simulators import gaussian_toy
 
 THETA_FID = np.array([0.0, 1.0], np.float32)
 DELTA_THETA = np.array([0.1, 0.1], np.float32)

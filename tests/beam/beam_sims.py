@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imnn_stream.simulators import gaussian_toy
+from beam_jobs.simulators import gaussian_toy
 
 #: seconds each vmapped call sleeps, so that a run can be interrupted half-way
 SLEEP = 0.15

@@ -19,7 +19,7 @@ import pytest
 import writers
 from beam_jobs import JobError, cli, generate, run_generation
 from beam_jobs.job import JOB_NAME
-from imnn_stream.simulators import gaussian_random_field, gaussian_toy
+from beam_jobs.simulators import gaussian_random_field, gaussian_toy
 from writers.manifest import read_manifest
 from writers.schema import decode_example
 from writers.tfrecord import iter_records

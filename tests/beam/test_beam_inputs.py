@@ -35,7 +35,7 @@ def test_indivisible_counts_refused_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("simulator, config, shape, message", [
     ("no_such_module_xyz:simulate", None, None, "cannot be imported: ModuleNotFoundError"),
-    ("imnn_stream.simulators:no_such_function", None, None, "cannot be imported"),
+    ("beam_jobs.simulators:no_such_function", None, None, "cannot be imported"),
     ("grf", {"size": 8}, [10], r"returned shape \(8, 8\) .* expected input_shape \(10,\)"),
     ("grf", {"sise": 8}, None, "factory failed"),
     (sim("two_outputs"), None, None, "must return one array"),
@@ -62,7 +62,7 @@ def test_nan_fails_naming_simulator_seed_and_theta(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     line = [l for l in err.splitlines() if "non-finite" in l][0]
-    assert "imnn_stream.simulators:gaussian_toy" in line
+    assert "beam_jobs.simulators:gaussian_toy" in line
     assert "seed " in line and "θ = [0.0, -0.03]" in line, line
     assert not (out / "manifest.json").exists() and (out / JOB_NAME).exists()
     # whatever was written before the failure is complete and valid

@@ -5,7 +5,7 @@ import optax
 import pytest
 
 import imnn_stream as im
-from imnn_stream.simulators import gaussian_random_field, gaussian_toy
+from beam_jobs.simulators import gaussian_random_field, gaussian_toy
 from toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 N_S, N_D = 96, 48

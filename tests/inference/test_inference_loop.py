@@ -13,7 +13,7 @@ import pytest
 
 from imnn_stream.app.fitting import FitConfig
 from imnn_stream.app.inference import InferenceError, InferenceLoop
-from imnn_stream.simulators import gaussian_toy
+from beam_jobs.simulators import gaussian_toy
 
 TRUE = np.array([0.3, 1.5], np.float32)
 N_TARGET = 50  # iid realisations of the target: its estimate has σ/√50

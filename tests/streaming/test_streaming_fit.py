@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import imnn_stream as im
-from imnn_stream.simulators import gaussian_random_field
+from beam_jobs.simulators import gaussian_random_field
 from writers.archive import write_arrays
 from toy_problem import DELTA_THETA, THETA_FID, toy_data
 

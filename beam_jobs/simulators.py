@@ -1,4 +1,4 @@
-"""Example simulators written in JAX: ``simulator(key, θ) -> float32(input_shape)``.
+"""Built-in example simulators written in JAX: ``simulator(key, θ) -> float32(input_shape)``.
 
 They are pure functions of a PRNG key and the physical parameters, so the same
 key at θ_fid ∓ δθ/2 gives seed-matched finite differences, and ``jax.jacfwd``
