@@ -29,11 +29,11 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
                                                   StandardOptions)
 
 from writers import fs
+from writers.check import check_shard
 from writers.errors import ArchiveError
-from writers.layout import ShardSpec
-from writers.schema import RecordSpec, decode_example, encode_example
-from writers.shard import FileMeta, HashingReader, write_shard
-from writers.tfrecord import FRAMING_BYTES, iter_records
+from writers.layout import ShardSpec, kind_features, kinds
+from writers.schema import RecordSpec, encode_example
+from writers.shard import FileMeta, write_shard
 
 from .job import JOB_NAME, Job
 from .simulate import BatchSimulator, SimulatorSpec, load_simulator, shard_records
@@ -79,54 +79,32 @@ def make_pipeline(opts: PipelineOptions) -> beam.Pipeline:
 
 # --------------------------------------------------------------------------- checks
 def record_spec(job: Job, kind: str) -> RecordSpec:
+    finite_difference, gradient = kind_features(job.mode, kind)
     return RecordSpec(tuple(job.input_shape), job.dtype, job.n_params,
-                      finite_difference=(job.mode == "numerical" and kind == "derivative"),
-                      gradient=(job.mode == "gradient" and kind == "main"))
-
-
-def expected_keys(job: Job, spec: ShardSpec):
-    """``(seed, derivative, parameter)`` of every record of a shard, in file order
-    (derivative/parameter −1 when the kind has none)."""
-    fd = job.mode == "numerical" and spec.kind == "derivative"
-    for seed in range(spec.first_seed, spec.last_seed + 1):
-        if fd:
-            for sign in range(2):
-                for alpha in range(job.n_params):
-                    yield seed, sign, alpha
-        else:
-            yield seed, -1, -1
+                      finite_difference=finite_difference, gradient=gradient)
 
 
 def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
     """FileMeta of the shard already at ``spec.path`` if it is complete and valid.
 
-    Valid means: every record's CRC checks, decodes with the job's shapes and
-    dtype, and the records are exactly the shard's seeds (and signs and
-    parameters) in order. Returns None when the file is missing or invalid
-    (it will be rewritten).
+    Valid means: the checks the validator makes of a file
+    (:func:`writers.check.check_shard`): every record's CRC checks, decodes
+    with the job's shapes and dtype, and the records are exactly the shard's
+    seeds (and signs and parameters) in order. Returns None when the file is
+    missing or invalid (it will be rewritten).
     """
-    path = fs.join(root, spec.path)
-    if not fs.exists(path):
+    if not fs.exists(fs.join(root, spec.path)):
         return None
-    rspec = record_spec(job, spec.kind)
-    entries = []
-    expected = expected_keys(job, spec)
-    try:
-        with fs.open_read(path) as f:
-            reader = HashingReader(f)  # one streaming pass: checks and SHA-256
-            for i, (off, raw) in enumerate(iter_records(reader, spec.path, with_offsets=True)):
-                rec = decode_example(raw, rspec, spec.path, i)
-                key = (rec["seed"], rec.get("derivative", -1), rec.get("parameter", -1))
-                if key != next(expected, None):
-                    raise ArchiveError(f"record {key} out of place", spec.path, i)
-                entries.append((*key, off, len(raw) + FRAMING_BYTES))
-        if not entries or next(expected, None) is not None:
-            raise ArchiveError(f"{len(entries)} records, expected {spec.n_records}", spec.path)
-    except ArchiveError as err:
-        _LOG.warning("rewriting invalid shard %s: %s", spec.path, err)
+    info = {k.kind: k for k in kinds(job.mode, job.n_s, job.n_d, job.n_params)}[spec.kind]
+    check = check_shard(root, spec.path, info, record_spec(job, spec.kind), spec.first_seed,
+                        job.n_params, count=spec.n_records, n_s=job.n_s,
+                        first_error_only=True, source="plan")
+    if not check.ok:
+        msg, record = check.errors[0]
+        _LOG.warning("rewriting invalid shard %s: %s", spec.path,
+                     ArchiveError(msg, spec.path, record))
         return None
-    return FileMeta(spec.path, len(entries), entries[0][0], entries[-1][0], reader.n,
-                    reader.sha.hexdigest(), entries)
+    return check.file_meta()
 
 
 # --------------------------------------------------------------------------- DoFns

@@ -10,7 +10,8 @@ Conventions (``docs/archive-contract.md``):
   ``key_i = jax.random.fold_in(jax.random.PRNGKey(b), i)``: a function of
   ``(b, i)`` alone, so any shard can be regenerated independently, by any
   worker, in any order;
-* finite-difference records of one seed are ordered sign → parameter:
+* finite-difference records of one seed are ordered sign → parameter
+  (``writers.layout``, the one statement of the archive's record order):
   sign 0 at ``θ_fid − δθ_α/2`` ("below"), sign 1 at ``θ_fid + δθ_α/2``
   ("above");
 * gradient mode stores ``dsim/dθ`` of shape ``input_shape + (n_params,)``,
@@ -31,6 +32,8 @@ from typing import Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from writers.layout import keys_per_seed, records_per_seed
 
 __all__ = [
     "BUILTIN_SIMULATORS",
@@ -141,11 +144,6 @@ def varied_thetas(theta_fid, delta_theta) -> np.ndarray:
     theta_fid = np.asarray(theta_fid, np.float32)
     step = np.diag(np.asarray(delta_theta, np.float32) / 2)
     return np.stack([theta_fid - step, theta_fid + step]).astype(np.float32)
-
-
-def records_per_seed(mode: str, kind: str, n_params: int) -> int:
-    """Records one seed contributes to a kind (2·n_params for finite differences)."""
-    return 2 * n_params if (mode == "numerical" and kind == "derivative") else 1
 
 
 class BatchSimulator:
@@ -330,10 +328,10 @@ class BatchSimulator:
         """
         out = self.simulate(kind, base_seed, seeds)
         if self.mode == "numerical" and kind == "derivative":
+            order = keys_per_seed(self.n_params, True)  # writers.layout: sign → parameter
             for seed, sims in zip(seeds, out):  # sims: (2, n_params, *input_shape)
-                for sign in range(2):
-                    for alpha in range(self.n_params):
-                        yield encode(sims[sign, alpha], int(seed), derivative=sign, parameter=alpha)
+                for sign, alpha in order:
+                    yield encode(sims[sign, alpha], int(seed), derivative=sign, parameter=alpha)
         elif self.mode == "gradient" and kind == "main":
             for seed, value, grad in zip(seeds, *out):
                 yield encode(value, int(seed), gradient=grad)

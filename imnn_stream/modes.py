@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from writers.layout import record_position
+
 from . import fisher
 
 __all__ = ["Mode", "numerical_mode", "gradient_mode", "simulator_mode"]
@@ -66,7 +68,8 @@ def numerical_mode(apply, n_s, n_d, n_params, δθ):
     Kinds: ``fiducial`` (n_s records, batch['data'] float(n, *input_shape)) and
     ``derivative`` (n_d·2·n_params records in the order seed → sign → parameter,
     i.e. the derivative array float(n_d, 2, n_params, *input_shape) flattened on its
-    first three axes). Record position = seed·2·n_params + sign·n_params + α.
+    first three axes). Record position = seed·2·n_params + sign·n_params + α
+    (:func:`writers.layout.record_position`, the archive's record order).
     The derivative divides by δθ: the simulations sit at θ_fid ∓ δθ/2.
     """
     δθ = jnp.asarray(δθ)
@@ -159,7 +162,6 @@ def record_positions(kind: str, batch: dict, n_d: int, n_params: int):
     """
     seed = np.asarray(batch["seed"], dtype=np.int64)
     if kind == "derivative":
-        return seed * 2 * n_params + np.asarray(batch["derivative"]) * n_params + np.asarray(batch["parameter"])
-    if kind == "remaining":
-        return seed - n_d
-    return seed
+        return record_position(seed, np.asarray(batch["derivative"]),
+                               np.asarray(batch["parameter"]), n_params)
+    return record_position(seed, first_seed=n_d if kind == "remaining" else 0)

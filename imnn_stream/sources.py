@@ -14,18 +14,23 @@ from typing import Iterator
 
 import numpy as np
 
+from writers.errors import LayoutError
+from writers.layout import device_blocks as _device_blocks
+
 from .modes import record_positions
 
 __all__ = ["ArraySource", "StreamSource", "IteratorSource", "fingerprint", "device_blocks"]
 
 
 def device_blocks(count: int, n_devices: int, argument: str):
-    """Contiguous (start, stop) position blocks of ``count`` samples over devices."""
-    if count % n_devices:
-        raise ValueError(f"`{argument}`: {count} samples cannot be split evenly over "
-                         f"{n_devices} devices")
-    m = count // n_devices
-    return [(d * m, (d + 1) * m) for d in range(n_devices)]
+    """Contiguous (start, stop) position blocks of ``count`` samples over devices
+    (:func:`writers.layout.device_blocks`, the archive's device split)."""
+    try:
+        return _device_blocks(count, n_devices)
+    except LayoutError as e:
+        why = (e.detail if n_devices < 1 else
+               f"{count} samples cannot be split evenly over {n_devices} devices")
+        raise ValueError(f"`{argument}`: {why}") from None
 
 
 class ArraySource:

@@ -1,14 +1,22 @@
-"""writers: the imnn_stream archive format.
+"""writers: the imnn_stream archive format.  Imports nothing of ours.
 
-Modules: ``schema`` (record encoding), ``layout`` (seed → device → file
-arithmetic), ``shard`` (atomic shard writer), ``manifest`` (manifest.json),
-``fs`` (local paths and URLs), ``tfrecord`` (TFRecord framing),
-``streams`` (per-device readers), ``parsers`` (tf.data parse functions),
-``validator`` (archive checks), ``archive`` (write from in-memory arrays),
-``legacy`` (adopt reference-package archives), ``tfrecords`` (the
-reference-compatible ``TFRecords`` class), ``index`` (Parquet index).
+Modules: ``layout`` (the archive contract: file names, record order, records
+per seed, seed → device → file arithmetic), ``schema`` (record encoding),
+``framing`` (TFRecord framing and CRCs), ``fs`` (local paths and URLs),
+``shard`` (atomic shard writer), ``check`` (the one shard-file check),
+``manifest`` (manifest.json), ``index`` (Parquet index), ``validator``
+(archive checks), ``archive`` (write from in-memory arrays), ``legacy``
+(adopt reference-package archives), ``streams`` (per-device readers, built
+from ``stream_plan``, ``stream_decode``, ``stream_read`` and
+``stream_prefetch``), ``parsers`` (tf.data parse functions), ``tfds_meta``
+(tensorflow-datasets metadata), ``reference_tfrecords`` (the
+reference-compatible ``TFRecords`` class), ``cli`` (``imnn-stream validate``
+and ``adopt``).
 """
 from .errors import ArchiveError, LayoutError, MissingFileError, WriteError
+
+__all__ = ["ArchiveError", "LayoutError", "MissingFileError", "WriteError", "validate",
+           "TFRecords"]
 
 
 def validate(root, **kwargs):
@@ -19,6 +27,6 @@ def validate(root, **kwargs):
 
 def __getattr__(name):
     if name == "TFRecords":
-        from .tfrecords import TFRecords
+        from .reference_tfrecords import TFRecords
         return TFRecords
     raise AttributeError(name)

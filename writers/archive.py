@@ -7,7 +7,7 @@ import numpy as np
 
 from . import fs
 from .errors import ArchiveError
-from .layout import plan_shards
+from .layout import kind_features, plan_shards, record_keys
 from .manifest import MANIFEST_NAME, Manifest, new_manifest, write_manifest
 from .schema import encode_example
 from .shard import write_shard
@@ -101,19 +101,20 @@ def write_arrays(root: str, mode: str, theta_fid, delta_theta=None, *, fiducial=
                             splits=tuple(arrays), max_bytes=max_bytes,
                             record_bytes=record_bytes):
         f, der, grad = arrays[spec.split]
-        meta = write_shard(root, spec, _records(spec, f, der, grad, n_params))
+        meta = write_shard(root, spec, _records(mode, spec, f, der, grad, n_params))
         manifest.add_file(spec, meta)
     write_manifest(root, manifest)
     return manifest
 
 
-def _records(spec, fid, der, grad, n_params):
-    for seed in range(spec.first_seed, spec.last_seed + 1):
-        if spec.kind == "derivative":
-            for sign in (0, 1):
-                for p in range(n_params):
-                    yield encode_example(der[seed, sign, p], seed, sign, p)
-        elif spec.kind == "main":
+def _records(mode, spec, fid, der, grad, n_params):
+    """The shard's records in archive order (:func:`writers.layout.record_keys`)."""
+    finite_difference, gradient = kind_features(mode, spec.kind)
+    for seed, sign, p in record_keys(spec.first_seed, spec.last_seed, n_params,
+                                     finite_difference):
+        if finite_difference:
+            yield encode_example(der[seed, sign, p], seed, sign, p)
+        elif gradient:
             yield encode_example(fid[seed], seed, gradient=grad[seed])
         else:
             yield encode_example(fid[seed], seed)

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import fs
+from .layout import INDEX_NAME
 from .schema import record_seed
-from .tfrecord import iter_records
+from .framing import FRAMING_BYTES, iter_records
 
 COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record",
            "offset", "length")
@@ -28,18 +29,19 @@ def scan_file(path: str) -> list[tuple]:
         for offset, raw in iter_records(f, path, check_crc=False, with_offsets=True):
             seed, sign, parameter = record_seed(raw)
             out.append((seed, -1 if sign is None else sign,
-                        -1 if parameter is None else parameter, offset, len(raw) + 16))
+                        -1 if parameter is None else parameter, offset, len(raw) + FRAMING_BYTES))
     return out
 
 
 def build_table(root: str, manifest) -> pa.Table:
     """The index as a pyarrow Table (scans files whose entries were not
-    gathered while writing)."""
+    gathered while writing).  ``manifest``: a :class:`writers.manifest.Manifest`
+    (only its ``layout``, ``files`` and ``record_entries`` are used)."""
     cols = {c: [] for c in COLUMNS}
     for split in manifest.layout:
         for kind in manifest.layout[split]:
             for f in manifest.files(split, kind):
-                entries = manifest._records.get(f["path"])
+                entries = manifest.record_entries(f["path"])
                 if entries is None:
                     entries = scan_file(fs.join(root, f["path"]))
                 for r, (seed, sign, parameter, offset, length) in enumerate(entries):
@@ -56,7 +58,6 @@ def build_table(root: str, manifest) -> pa.Table:
 
 def write_index(root: str, manifest) -> str:
     """Write ``root/index.parquet`` atomically; returns its path."""
-    from .manifest import INDEX_NAME
     table = build_table(root, manifest)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -67,7 +68,6 @@ def write_index(root: str, manifest) -> str:
 
 def read_index(root: str) -> pa.Table:
     """The archive's index as a pyarrow Table."""
-    from .manifest import INDEX_NAME
     # use_threads=False: pyarrow 25's threaded reader of an in-memory buffer aborts the
     # interpreter at exit about half the time ("terminate called without an active
     # exception"); the index is small, one thread reads it fast enough
@@ -90,7 +90,6 @@ def find(root: str, **where) -> list[dict]:
 
 def read_record(root: str, row: dict) -> bytes:
     """The payload of the record an index row points to (one ranged read)."""
-    from .tfrecord import iter_records
     path = fs.join(root, row["file"])
     with fs.open_read(path) as f:
         f.seek(row["offset"])

@@ -1,17 +1,96 @@
-"""Pure layout arithmetic: which seeds of which kind go to which device and file.
+"""The archive contract, written once: file names, kinds, record order,
+records per seed and per-device seed blocks.
 
-See docs/archive-contract.md.  Everything here is plain integer arithmetic;
-no I/O.
+See docs/archive-contract.md.  Everything here is plain integer arithmetic
+and names; no I/O.  The validator, the Beam job, the in-memory archive
+writer, the legacy adopter, the streams and the trainers' record positions
+all take the contract from here.
+
+Record order within a kind: by seed; a finite-difference seed holds
+``2·n_params`` records ordered sign → parameter (sign 0 at θ_fid − δθ/2,
+1 at θ_fid + δθ/2), every other kind one record per seed.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 from .errors import LayoutError
 
 MODES = ("numerical", "gradient", "fiducial")
 SPLITS = ("train", "validation")
+
+#: the manifest, at the archive root: the commit marker of an archive
+MANIFEST_NAME = "manifest.json"
+#: the per-record Parquet index beside the manifest
+INDEX_NAME = "index.parquet"
+#: tensorflow-datasets metadata files in each split directory
+TFDS_FILES = ("dataset_info.json", "features.json")
+#: file names the reference ``imnn`` writer leaves (adopted by ``writers.legacy``):
+#: ``[validation_](fiducial|derivative)_<counter>.tfrecords``
+LEGACY_FILE = re.compile(r"^(?:(validation)_)?(fiducial|derivative)_(\d+)\.tfrecords$")
+
+
+def shard_path(split: str, kind: str, device: int, n_devices: int, index: int,
+               n_shards: int) -> str:
+    """Deterministic, sortable file name relative to the archive root."""
+    return (f"{split}/{kind}/device-{device:05d}-of-{n_devices:05d}/"
+            f"shard-{index:05d}-of-{n_shards:05d}.tfrecords")
+
+
+# ------------------------------------------------------------------ kinds and records
+def kind_features(mode: str, kind: str) -> tuple[bool, bool]:
+    """``(finite_difference, gradient)``: the extra features a kind's records
+    carry (``derivative``/``parameter``, or ``gradient``)."""
+    return mode == "numerical" and kind == "derivative", mode == "gradient" and kind == "main"
+
+
+def records_per_seed(mode: str, kind: str, n_params: int) -> int:
+    """Records one seed contributes to a kind (2·n_params for finite differences)."""
+    return 2 * n_params if kind_features(mode, kind)[0] else 1
+
+
+def keys_per_seed(n_params: int, finite_difference: bool) -> list[tuple[int, int]]:
+    """``(sign, parameter)`` of the records of one seed, in file order
+    (``[(-1, -1)]`` for kinds without finite differences)."""
+    if not finite_difference:
+        return [(-1, -1)]
+    return [(sign, parameter) for sign in (0, 1) for parameter in range(n_params)]
+
+
+def record_keys(first_seed: int, last_seed: int, n_params: int,
+                finite_difference: bool) -> Iterator[tuple[int, int, int]]:
+    """``(seed, derivative, parameter)`` of every record of seeds
+    ``first_seed..last_seed`` (inclusive) in file order (−1 where absent)."""
+    keys = keys_per_seed(n_params, finite_difference)
+    for seed in range(first_seed, last_seed + 1):
+        for sign, parameter in keys:
+            yield seed, sign, parameter
+
+
+def record_key(r: int, first_seed: int, n_params: int,
+               finite_difference: bool) -> tuple[int, int, int]:
+    """``(seed, derivative, parameter)`` of record ``r`` (0-based) of a file
+    whose first seed is ``first_seed`` (−1 where absent)."""
+    if not finite_difference:
+        return first_seed + r, -1, -1
+    rps = 2 * n_params
+    return first_seed + r // rps, (r % rps) // n_params, r % n_params
+
+
+def record_position(seed, sign=None, parameter=None, n_params: int = 0, first_seed: int = 0):
+    """0-based position of a record within its kind (every device's files
+    concatenated): the inverse of the record order.
+
+    Finite-difference records (``sign`` and ``parameter`` given):
+    ``(seed − first_seed)·2·n_params + sign·n_params + parameter``; other
+    kinds: ``seed − first_seed``.  Works elementwise on NumPy arrays.
+    """
+    if sign is None:
+        return seed - first_seed
+    return (seed - first_seed) * 2 * n_params + sign * n_params + parameter
 
 
 @dataclass(frozen=True)
@@ -42,7 +121,8 @@ def kinds(mode: str, n_s: int, n_d: int, n_params: int) -> list[KindInfo]:
             raise LayoutError(f"numerical mode needs n_d >= 1 and n_params >= 1, "
                               f"got n_d={n_d}, n_params={n_params}")
         return [KindInfo("fiducial", 0, n_s, 1),
-                KindInfo("derivative", 0, n_d, 2 * n_params, finite_difference=True)]
+                KindInfo("derivative", 0, n_d, records_per_seed(mode, "derivative", n_params),
+                         finite_difference=True)]
     if mode == "gradient":
         if n_d < 1 or n_params < 1:
             raise LayoutError(f"gradient mode needs n_d >= 1 and n_params >= 1, "
@@ -54,30 +134,29 @@ def kinds(mode: str, n_s: int, n_d: int, n_params: int) -> list[KindInfo]:
     return [KindInfo("fiducial", 0, n_s, 1)]
 
 
-def fd_position(seed: int, sign: int, parameter: int, n_params: int) -> int:
-    """Flat record position of a finite-difference record within its kind."""
-    return seed * 2 * n_params + sign * n_params + parameter
+# ------------------------------------------------------------------ devices
+def device_blocks(count: int, n_devices: int, first: int = 0) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` blocks of ``count`` items (seeds or
+    positions) numbered from ``first``, one per device, in device order.
+    Raises :class:`LayoutError` unless ``n_devices`` divides ``count``."""
+    if n_devices < 1:
+        raise LayoutError(f"n_devices must be >= 1, got {n_devices}")
+    if count % n_devices:
+        raise LayoutError(f"{count} seeds do not divide between {n_devices} devices "
+                          f"(need a divisor of {count})")
+    m = count // n_devices
+    return [(first + d * m, first + (d + 1) * m) for d in range(n_devices)]
 
 
 def device_seeds(info: KindInfo, n_devices: int, device: int) -> tuple[int, int]:
     """Seed range ``[start, stop)`` of ``device`` for a kind; raises if the
     seeds do not divide evenly between the devices."""
-    if n_devices < 1:
-        raise LayoutError(f"n_devices must be >= 1, got {n_devices}")
-    if info.n_seeds % n_devices:
-        raise LayoutError(
-            f"kind {info.kind!r}: {info.n_seeds} seeds do not divide between "
-            f"{n_devices} devices (need a divisor of {info.n_seeds})")
-    m = info.n_seeds // n_devices
-    start = info.first_seed + device * m
-    return start, start + m
-
-
-def shard_path(split: str, kind: str, device: int, n_devices: int, index: int,
-               n_shards: int) -> str:
-    """Deterministic, sortable file name relative to the archive root."""
-    return (f"{split}/{kind}/device-{device:05d}-of-{n_devices:05d}/"
-            f"shard-{index:05d}-of-{n_shards:05d}.tfrecords")
+    try:
+        return device_blocks(info.n_seeds, n_devices, info.first_seed)[device]
+    except LayoutError as e:
+        if n_devices < 1:
+            raise
+        raise LayoutError(f"kind {info.kind!r}: {e.detail}") from None
 
 
 @dataclass(frozen=True)

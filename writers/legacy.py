@@ -16,16 +16,15 @@ fiducial records by seed to form ``main``.
 from __future__ import annotations
 
 import hashlib
-import re
+import io
 from typing import Optional
 
 from . import fs
 from .errors import ArchiveError
+from .layout import LEGACY_FILE, MODES, records_per_seed
 from .manifest import MANIFEST_NAME, Manifest, write_manifest
 from .schema import record_seed
-from .tfrecord import iter_records
-
-_NAME = re.compile(r"^(?:(validation)_)?(fiducial|derivative)_(\d+)\.tfrecords$")
+from .framing import FRAMING_BYTES, iter_records
 
 
 def _scan(path: str, rel: str) -> dict:
@@ -34,13 +33,12 @@ def _scan(path: str, rel: str) -> dict:
     with fs.open_read(path) as f:
         data = f.read()
     sha.update(data)
-    import io
     for offset, raw in iter_records(io.BytesIO(data), rel, with_offsets=True):
         seed, sign, parameter = record_seed(raw)
         if seed is None:
             raise ArchiveError("record has no int64 'seed' feature", rel, len(entries))
         entries.append((seed, -1 if sign is None else sign,
-                        -1 if parameter is None else parameter, offset, len(raw) + 16))
+                        -1 if parameter is None else parameter, offset, len(raw) + FRAMING_BYTES))
     if not entries:
         raise ArchiveError("file has no records", rel)
     return {"path": rel, "count": len(entries), "first_seed": entries[0][0],
@@ -54,11 +52,11 @@ def build_legacy_manifest(root: str, mode: str, theta_fid, delta_theta, input_sh
     """Scan the reference-format files under ``root`` and return a manifest
     (not written).  Raises :class:`ArchiveError` naming the file when the
     files cannot form an archive."""
-    if mode not in ("numerical", "gradient", "fiducial"):
+    if mode not in MODES:
         raise ArchiveError(f"mode must be numerical, gradient or fiducial, got {mode!r}")
     found = {}
     for rel in fs.list_files(root):
-        match = _NAME.match(rel)
+        match = LEGACY_FILE.match(rel)
         if match:
             split = match.group(1) or "train"
             found.setdefault(split, {}).setdefault(match.group(2), []).append(
@@ -81,7 +79,7 @@ def build_legacy_manifest(root: str, mode: str, theta_fid, delta_theta, input_sh
             files.sort(key=lambda f: (f["first_seed"], f["path"]))
             counts[split, kind] = sum(f["count"] for f in files)
     n_s = counts["train", "fiducial"]
-    rps = 2 * n_params if mode == "numerical" else 1
+    rps = records_per_seed(mode, "derivative", n_params)
     n_d = counts["train", "derivative"] // rps if mode != "fiducial" else 0
     if mode != "fiducial" and counts["train", "derivative"] % rps:
         raise ArchiveError(f"{counts['train', 'derivative']} derivative records are not a "
@@ -105,12 +103,12 @@ def build_legacy_manifest(root: str, mode: str, theta_fid, delta_theta, input_sh
         for kind in kinds:
             files = found[split][kind]
             n_seeds = n_s if kind == "fiducial" else n_d
-            r = rps if kind == "derivative" else 1
+            r = records_per_seed(mode, kind, n_params)
             if counts[split, kind] != n_seeds * r:
                 raise ArchiveError(f"split {split!r} has {counts[split, kind]} {kind} records, "
                                    f"train has {n_seeds * r}", root)
             for f in files:
-                m._records[f["path"]] = f.pop("_records")
+                m.set_record_entries(f["path"], f.pop("_records"))
             m.layout[split][kind] = {
                 "first_seed": 0, "n_seeds": n_seeds, "records_per_seed": r,
                 "finite_difference": kind == "derivative" and mode == "numerical",

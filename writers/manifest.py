@@ -39,12 +39,15 @@ from typing import Optional
 
 from . import fs
 from .errors import ArchiveError, MissingFileError
-from .layout import MODES, SPLITS, KindInfo, ShardSpec, device_seeds, kinds
+from .layout import (INDEX_NAME, MANIFEST_NAME, MODES, SPLITS, KindInfo, ShardSpec,
+                     device_seeds, kinds)
 from .schema import SUPPORTED_DTYPES, RecordSpec
 from .shard import FileMeta
 
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.parquet"
+__all__ = ["Manifest", "MANIFEST_NAME", "INDEX_NAME", "new_manifest", "consistency_errors",
+           "kind_record_spec", "parse_manifest", "read_manifest", "write_manifest",
+           "jax_versions"]
+
 VERSION = 1
 FORMAT = "imnn-stream-archive"
 
@@ -105,6 +108,15 @@ class Manifest:
     def all_files(self) -> list[dict]:
         return [f for s in self.layout for k in self.layout[s] for f in self.files(s, k)]
 
+    def record_entries(self, path: str) -> Optional[list]:
+        """The per-record index entries ``(seed, derivative, parameter, offset,
+        length)`` of a file gathered while writing or adopting it (None if
+        none were gathered: the index then scans the file)."""
+        return self._records.get(path)
+
+    def set_record_entries(self, path: str, entries: list) -> None:
+        self._records[path] = entries
+
     # ------------------------------------------------------------ building
     def add_file(self, spec: ShardSpec, meta: FileMeta) -> None:
         """Record a written file in the layout (keeps files in path order)."""
@@ -116,7 +128,7 @@ class Manifest:
         files[:] = [f for f in files if f["path"] != meta.path] + [meta.to_json()]
         files.sort(key=lambda f: f["path"])
         if meta.records is not None:
-            self._records[meta.path] = meta.records
+            self.set_record_entries(meta.path, meta.records)
 
     # ------------------------------------------------------------ JSON
     def to_json(self) -> dict:
@@ -325,6 +337,26 @@ def write_manifest(root: str, manifest: Manifest, write_index: bool = True) -> s
     return path
 
 
+def kind_record_spec(m: Manifest, split: str, kind: str) -> RecordSpec:
+    """Record spec of a kind as its files hold it, including adopted reference
+    archives whose gradient-mode ``derivative`` files hold dsim/dθ under ``data``."""
+    if m.record_format == "imnn-0.3" and m.mode == "gradient" and kind == "derivative":
+        return RecordSpec(tuple(m.input_shape) + (m.n_params,), m.dtype)
+    return m.record_spec(split, kind)
+
+
+def parse_manifest(data: bytes, path: str = MANIFEST_NAME) -> Manifest:
+    """A manifest from the bytes of ``manifest.json`` (not checked for
+    consistency: see :func:`consistency_errors`).  Raises
+    :class:`ArchiveError` naming ``path`` when it is not valid JSON or not
+    our schema."""
+    try:
+        d = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArchiveError(f"not valid JSON: {err}", path) from None
+    return Manifest.from_json(d, path)
+
+
 def read_manifest(root: str) -> Manifest:
     """Read and check ``root/manifest.json``.
 
@@ -337,11 +369,7 @@ def read_manifest(root: str) -> Manifest:
             raise MissingFileError("archive directory does not exist", str(root))
         raise MissingFileError("no manifest (not an archive, or its writing never "
                                "finished)", path)
-    try:
-        d = json.loads(fs.read_bytes(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArchiveError(f"not valid JSON: {err}", path) from None
-    m = Manifest.from_json(d, path)
+    m = parse_manifest(fs.read_bytes(path), path)
     errors = consistency_errors(m)
     if errors:
         raise ArchiveError("inconsistent manifest: " + "; ".join(errors), path)

@@ -10,7 +10,7 @@ emulator and TF 2.21 has no s3://).
 """
 from __future__ import annotations
 
-from .manifest import Manifest
+from .manifest import Manifest, kind_record_spec
 
 
 def _tf():
@@ -20,7 +20,6 @@ def _tf():
 
 def parse_fn(manifest: Manifest, split: str, kind: str):
     """Parse function for one kind's records (shapes and dtype from the manifest)."""
-    from .validator import kind_record_spec
     tf = _tf()
     spec = kind_record_spec(manifest, split, kind)
     dtype = tf.as_dtype(spec.dtype)

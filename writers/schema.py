@@ -364,6 +364,12 @@ def decode_example(raw: bytes, spec: RecordSpec, path: str | None = None,
         features = parse_features(raw)
     except ValueError as e:
         raise ArchiveError(str(e), path, record) from None
+    return decode_features(features, spec, path, record)
+
+
+def decode_features(features: dict, spec: RecordSpec, path: str | None = None,
+                    record: int | None = None) -> dict:
+    """:func:`decode_example` of a record already parsed by :func:`parse_features`."""
     out = {"seed": _scalar(features, "seed", path, record),
            "data": _array(features, "data", spec.np_dtype, tuple(spec.input_shape),
                           path, record)}
@@ -379,5 +385,8 @@ def decode_example(raw: bytes, spec: RecordSpec, path: str | None = None,
 def record_seed(raw: bytes) -> tuple:
     """``(seed, derivative, parameter)`` of a record (None where absent)."""
     f = parse_features(raw)
-    get = lambda n: f[n][1][0] if n in f and f[n][0] == "int64" and f[n][1] else None
+
+    def get(n):
+        return f[n][1][0] if n in f and f[n][0] == "int64" and f[n][1] else None
+
     return get("seed"), get("derivative"), get("parameter")

@@ -9,7 +9,7 @@ from . import fs
 from .errors import ArchiveError
 from .layout import ShardSpec
 from .schema import record_seed
-from .tfrecord import frame
+from .framing import frame
 
 
 @dataclass
@@ -112,5 +112,5 @@ class HashingReader:
         return b
 
     def drain(self):
-        while b := self.read(4 << 20):
+        while self.read(4 << 20):
             pass

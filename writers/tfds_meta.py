@@ -16,9 +16,10 @@ import numpy as np
 
 from . import fs
 from .errors import LayoutError
+from .layout import MANIFEST_NAME, TFDS_FILES
 from .manifest import Manifest
 
-TFDS_FILES = ("dataset_info.json", "features.json")
+__all__ = ["write_tfds_metadata", "TFDS_FILES"]
 _TEMPLATE = "{SPLIT}/device-00000-of-00001/shard-{SHARD_X_OF_Y}.tfrecords"
 
 
@@ -28,7 +29,7 @@ def write_tfds_metadata(root: str, manifest: Manifest) -> list[str]:
     import tensorflow_datasets as tfds
     if manifest.n_devices != 1 or manifest.record_format != "imnn-stream":
         raise LayoutError("TFDS metadata needs an archive written for 1 device (TFDS "
-                          "cannot express per-device shard directories)", "manifest.json")
+                          "cannot express per-device shard directories)", MANIFEST_NAME)
     T = tfds.features.Tensor
     dtype = np.dtype(manifest.dtype)
     shape = tuple(manifest.input_shape)

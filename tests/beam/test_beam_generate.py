@@ -22,7 +22,7 @@ from beam_jobs.job import JOB_NAME
 from beam_jobs.simulators import gaussian_random_field, gaussian_toy
 from writers.manifest import read_manifest
 from writers.schema import decode_example
-from writers.tfrecord import iter_records
+from writers.framing import iter_records
 
 from beam_helpers import multi, sim
 

@@ -14,7 +14,7 @@ from writers.errors import ArchiveError, MissingFileError, WriteError
 from writers.manifest import read_manifest
 from writers.schema import encode_example
 from writers.shard import write_shard
-from writers.tfrecord import frame, read_records
+from writers.framing import frame, read_records
 
 from writers_helpers import SHAPE, rewrite_manifest
 

@@ -140,7 +140,7 @@ def test_streams_across_varint_widths_and_negative_values(tmp_path):
 
 
 def test_stream_names_out_of_order_record(numerical_archive):
-    from writers.tfrecord import frame, read_records
+    from writers.framing import frame, read_records
     root, m = numerical_archive
     rel = m.files("train", "fiducial")[0]["path"]
     recs = read_records(f"{root}/{rel}")

@@ -39,7 +39,7 @@ def length_crc(length: int) -> int:
     return masked_crc(struct.pack("<Q", length))
 
 
-def _prefix(ok: np.ndarray) -> int:
+def true_prefix(ok: np.ndarray) -> int:
     """Length of the leading run of True in a bool vector."""
     return len(ok) if ok.all() else int(np.argmin(ok))
 
@@ -67,10 +67,10 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
         return length, 0
     if k > 1:
         lengths = np.ndarray((k,), "<u8", buf, pos, (rec,))
-        k = _prefix(lengths == length)
+        k = true_prefix(lengths == length)
     if check_crc:
         header_crcs = np.ndarray((k,), "<u4", buf, pos + 8, (rec,))
-        k = _prefix(header_crcs == length_crc(length))
+        k = true_prefix(header_crcs == length_crc(length))
         if k:
             start = pos + HEADER_BYTES
             stored = np.ndarray((k,), "<u4", buf, start + length, (rec,))
@@ -82,7 +82,7 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
                                 for o in range(start, start + k * rec, rec)], np.uint32)
                 masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) \
                     + np.uint32(_MASK_DELTA)
-                k = _prefix(masked == stored)
+                k = true_prefix(masked == stored)
     return length, k
 
 
@@ -202,6 +202,45 @@ def frame(payload: bytes) -> bytes:
             + struct.pack("<I", masked_crc(payload)))
 
 
+def header_length(buf, pos: int, offset: int, path: str, record: int,
+                  check_crc: bool = True) -> int:
+    """Payload length from the record header at ``buf[pos:]`` (the bytes
+    available there), checked; ``offset`` is the header's byte position in
+    the file.  Raises :class:`ArchiveError` naming ``path`` and ``record`` on
+    a truncated header or a length CRC mismatch.  With :func:`check_payload`
+    this is the one place that words framing errors, for every reader."""
+    have = len(buf) - pos
+    if have < HEADER_BYTES:
+        raise ArchiveError(
+            f"truncated record header ({have} of {HEADER_BYTES} bytes at byte {offset})",
+            path, record)
+    length, stored = _HEADER.unpack_from(buf, pos)
+    if check_crc and masked_crc(buf[pos:pos + 8]) != stored:
+        raise ArchiveError(f"length CRC mismatch at byte {offset} (corrupt framing)",
+                           path, record)
+    return length
+
+
+def check_payload(buf, pos: int, length: int, offset: int, path: str, record: int,
+                  check_crc: bool = True) -> bytes:
+    """The payload at ``buf[pos:pos + length]`` (``buf[pos:]`` holds the
+    bytes available after the header), checked against its footer CRC;
+    ``offset`` is the record header's byte position in the file.  Raises
+    :class:`ArchiveError` on a truncated record or a payload CRC mismatch."""
+    got = len(buf) - pos
+    if got < length + FOOTER_BYTES:
+        raise ArchiveError(
+            f"truncated record: expected {length + FOOTER_BYTES} bytes of payload and "
+            f"CRC after byte {offset + HEADER_BYTES}, got {got}", path, record)
+    payload = buf[pos:pos + length]
+    if check_crc:
+        (data_crc,) = struct.unpack_from("<I", buf, pos + length)
+        if masked_crc(payload) != data_crc:
+            raise ArchiveError(f"payload CRC mismatch at byte {offset} (corrupt data)",
+                               path, record)
+    return payload
+
+
 def iter_records(f: BinaryIO, path: str = "<stream>", check_crc: bool = True,
                  with_offsets: bool = False) -> Iterator:
     """Yield the payloads (bytes) of the records in a TFRecord stream.
@@ -217,25 +256,9 @@ def iter_records(f: BinaryIO, path: str = "<stream>", check_crc: bool = True,
         header = f.read(HEADER_BYTES)
         if not header:
             return
-        if len(header) < HEADER_BYTES:
-            raise ArchiveError(
-                f"truncated record header ({len(header)} of {HEADER_BYTES} bytes at byte {offset})",
-                path, record)
-        length, length_crc = _HEADER.unpack(header)
-        if check_crc and masked_crc(header[:8]) != length_crc:
-            raise ArchiveError(f"length CRC mismatch at byte {offset} (corrupt framing)",
-                               path, record)
+        length = header_length(header, 0, offset, path, record, check_crc)
         body = f.read(length + FOOTER_BYTES)
-        if len(body) < length + FOOTER_BYTES:
-            raise ArchiveError(
-                f"truncated record: expected {length + FOOTER_BYTES} bytes of payload and "
-                f"CRC after byte {offset + HEADER_BYTES}, got {len(body)}", path, record)
-        payload = body[:length]
-        if check_crc:
-            (data_crc,) = struct.unpack_from("<I", body, length)
-            if masked_crc(payload) != data_crc:
-                raise ArchiveError(f"payload CRC mismatch at byte {offset} (corrupt data)",
-                                   path, record)
+        payload = check_payload(body, 0, length, offset, path, record, check_crc)
         yield (offset, payload) if with_offsets else payload
         offset += HEADER_BYTES + length + FOOTER_BYTES
         record += 1

@@ -1,0 +1,219 @@
+"""Buffered reading of a stream source's file pieces, a batch at a time.
+
+:class:`Reader` reads each file in large chunks, finds runs of equal-length
+records arithmetically, checks their framing and CRCs with
+:func:`writers.framing.scan_run` and hands them to the source's vectorised
+decoder; any record that breaks the pattern goes through the per-record
+path, whose errors (:func:`writers.framing.header_length`,
+:func:`writers.framing.check_payload`) name the file and record, numbered
+from the start of the file.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from . import fs
+from .errors import ArchiveError
+from .framing import (FRAMING_BYTES, HEADER_BYTES, check_payload, header_length, masked_crc,
+                      scan_run, true_prefix)
+from .stream_decode import Source
+
+_LEN = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+
+READ_CHUNK = 1 << 20   # bytes read at a time when the segment has that many left
+MAX_RUN_BYTES = 4 << 20  # at most this many bytes of records decoded per step
+BLOCK_BYTES = 1 << 20    # decoded records kept ahead of small batches
+DIRECT_BYTES = 256 << 10  # batches at least this large are decoded in place
+
+
+class Reader:
+    """Reads a :class:`~writers.stream_decode.Source`'s segments in order, a batch at a time.
+
+    Reads each file in chunks (up to the bytes the rest of the segment
+    needs, at least :data:`READ_CHUNK` when the segment has that many left,
+    and at most the batch's bytes or :data:`MAX_RUN_BYTES`, whichever is
+    larger) and decodes runs of equal-length records with vectorised
+    framing checks (:func:`writers.framing.scan_run`) and the source's
+    vectorised decoder.  Small batches are cut from a block of up to
+    :data:`BLOCK_BYTES` of decoded records, so that the fixed NumPy cost of
+    a run is shared by many batches.  The first record a vectorised step cannot take
+    (different layout, bad CRC, truncation, wrong seed, ...) goes through
+    the per-record path, which decodes it or raises an
+    :class:`ArchiveError` naming the file and record.
+    """
+
+    def __init__(self, source: Source, dtype: np.dtype):
+        self.src = source
+        self.rps = source.info.records_per_seed
+        self._segs = iter(source.segs)
+        self.seg = None
+        self.f = None
+        self.path = None
+        self.done = 0      # records of the segment consumed
+        self.buf = b""
+        self.pos = 0       # read position in buf
+        self.base = 0      # file offset of buf[0]
+        self.eof = False
+        self.block, self.bpos, self.blen = {}, 0, 0  # decoded records not yet handed out
+        self.keys = {key for _, key, _, _ in source.fields}
+        self.row_bytes = max(1, sum(8 if typ == "int" else
+                                    int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                                    for _, _, typ, shape in source.fields))
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.buf = b""
+        self.block, self.bpos, self.blen = {}, 0, 0
+
+    # -- buffer
+    def _read(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            chunk = self.f.read(n - got)
+            if not chunk:
+                self.eof = True
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _have(self) -> int:
+        return len(self.buf) - self.pos
+
+    def _ensure(self, need: int, want: int = 0) -> int:
+        """Make ``need`` bytes available from ``pos`` (fewer at the end of
+        the file), reading ``want`` if more are missing; returns the bytes
+        available."""
+        have = self._have()
+        if have >= need or self.eof:
+            return have
+        chunk = self._read(max(need, want) - have)
+        self.base += self.pos
+        self.buf = self.buf[self.pos:] + chunk if have else chunk
+        self.pos = 0
+        return self._have()
+
+    def _seek(self, offset: int) -> None:
+        self.f.seek(offset)
+        self.buf, self.pos, self.base, self.eof = b"", 0, offset, False
+
+    # -- segments
+    def _next_segment(self) -> bool:
+        self.close()
+        self.seg = next(self._segs, None)
+        if self.seg is None:
+            return False
+        self.path = fs.join(self.src.root, self.seg.path)
+        self.f = fs.open_read(self.path)
+        self.buf, self.pos, self.base, self.eof, self.done = b"", 0, 0, False, 0
+        self._skip(self.seg.skip)
+        return True
+
+    def _skip(self, n: int) -> None:
+        """Move past ``n`` framed records (lengths only, like the seek-based
+        skip: their CRCs are not checked)."""
+        r = 0
+        while r < n:
+            if self._ensure(HEADER_BYTES, READ_CHUNK) < HEADER_BYTES:
+                raise ArchiveError(f"truncated: file ends before record {n}", self.path, r)
+            (length,) = _LEN.unpack_from(self.buf, self.pos)
+            rec = length + FRAMING_BYTES
+            k = min(n - r, self._have() // rec)
+            if k > 1:
+                lengths = np.ndarray((k,), "<u8", self.buf, self.pos, (rec,))
+                k = true_prefix(lengths == length)
+            if k:
+                self.pos += k * rec
+                r += k
+            else:  # the record runs past the buffer
+                self._seek(self.base + self.pos + rec)
+                r += 1
+
+    def _segment_left(self) -> bool:
+        """Is there a record left to read (opening the next segment if needed)?"""
+        while self.seg is None or self.done == self.seg.take:
+            if not self._next_segment():
+                return False
+        return True
+
+    def read_into(self, batch: dict, size: int) -> int:
+        """Decode up to ``size`` records into rows ``0..`` of the batch;
+        returns how many (fewer only when the segments are exhausted).
+
+        Small batches are served from a decoded block of up to
+        :data:`BLOCK_BYTES` (so the per-run NumPy work is shared by many
+        batches); large ones are decoded straight into the batch."""
+        i = 0
+        while i < size:
+            if self.bpos < self.blen:
+                k = min(size - i, self.blen - self.bpos)
+                for key, arr in self.block.items():
+                    batch[key][i:i + k] = arr[self.bpos:self.bpos + k]
+                i += k
+                self.bpos += k
+            elif not self._segment_left():
+                break
+            elif (size - i) * self.row_bytes >= DIRECT_BYTES:
+                i += self._step(batch, i, size - i)
+            else:
+                n = min(self.seg.take - self.done,
+                        max(size - i, BLOCK_BYTES // self.row_bytes))
+                block = {key: np.empty((n,) + batch[key].shape[1:], batch[key].dtype)
+                         for key in batch if key in self.keys}
+                j = 0
+                while j < n:
+                    j += self._step(block, j, n - j)
+                self.block, self.bpos, self.blen = block, 0, n
+        return i
+
+    def _step(self, batch: dict, i0: int, want: int) -> int:
+        seg, src = self.seg, self.src
+        left = seg.take - self.done
+        want = min(want, left)
+        if self._ensure(HEADER_BYTES, READ_CHUNK) < HEADER_BYTES:
+            return self._one(batch, i0)
+        (length,) = _LEN.unpack_from(self.buf, self.pos)
+        rec = length + FRAMING_BYTES
+        if src.check_crc and masked_crc(self.buf[self.pos:self.pos + 8]) != \
+                _CRC.unpack_from(self.buf, self.pos + 8)[0]:
+            return self._one(batch, i0)  # corrupt framing: do not trust the length
+        want = min(want, max(1, MAX_RUN_BYTES // rec))
+        self._ensure(want * rec, min(left * rec, max(READ_CHUNK, want * rec)))
+        length, k = scan_run(self.buf, self.pos, want, src.check_crc)
+        if k == 0:
+            return self._one(batch, i0)
+        start = self.pos + HEADER_BYTES
+        arr = np.ndarray((k, length), np.uint8, self.buf, start, (rec, 1))
+        first = self.done + np.arange(k)
+        seeds = seg.first_seed + first // self.rps if self.rps > 1 else seg.first_seed + first
+        m = src.decode(batch, i0, arr, seeds)
+        if m == 0:
+            return self._one(batch, i0)
+        self.pos += m * rec
+        self.done += m
+        return m
+
+    def _one(self, batch: dict, i0: int) -> int:
+        """The next record through the per-record checks and parser (the
+        framing errors of :func:`writers.framing.iter_records`)."""
+        seg, path = self.seg, self.path
+        r = seg.skip + self.done
+        offset = self.base + self.pos
+        if self._ensure(HEADER_BYTES, READ_CHUNK) == 0:
+            raise ArchiveError(f"file ends after {r} records, expected at least "
+                               f"{seg.skip + seg.take}", path, r)
+        length = header_length(self.buf, self.pos, offset, path, r, self.src.check_crc)
+        rec = length + FRAMING_BYTES
+        self._ensure(rec)
+        payload = check_payload(self.buf, self.pos + HEADER_BYTES, length, offset, path, r,
+                                self.src.check_crc)
+        seed = seg.first_seed + self.done // self.rps
+        self.src.fill_one(batch, i0, path, r, seed, payload)
+        self.pos += rec
+        self.done += 1
+        return 1
