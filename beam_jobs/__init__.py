@@ -8,9 +8,16 @@ parameters, ``job.json``, argument checks), ``pipeline`` (the Beam graph and
 its DoFns), ``driver`` (``generate``: resume, progress, summary), ``cli`` (the
 ``generate`` subcommand).
 """
+
 from .driver import GenerationResult, JobFailed, generate, run_generation
 from .job import JobError
 from .simulate import SimulationError
 
-__all__ = ["generate", "run_generation", "GenerationResult", "JobError", "JobFailed",
-           "SimulationError"]
+__all__ = [
+    "generate",
+    "run_generation",
+    "GenerationResult",
+    "JobError",
+    "JobFailed",
+    "SimulationError",
+]

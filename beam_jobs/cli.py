@@ -8,6 +8,7 @@ Every option this parser does not know is handed to Beam unchanged
 parser, whose ``args.func(args, extra_argv)`` call runs it;
 ``python -m beam_jobs.cli generate ...`` runs it on its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ from typing import Optional, Sequence
 
 __all__ = ["register", "run", "main"]
 
-EXAMPLE = ("imnn-stream generate --simulator toy --theta-fid 0,1 --delta-theta 0.1,0.1 "
-           "--n-s 1000 --n-d 1000 --n-devices 2 --mode numerical --out ARCHIVE")
+EXAMPLE = (
+    "imnn-stream generate --simulator toy --theta-fid 0,1 --delta-theta 0.1,0.1 "
+    "--n-s 1000 --n-d 1000 --n-devices 2 --mode numerical --out ARCHIVE"
+)
 
 
 def _floats(text: str) -> list:
@@ -49,40 +52,73 @@ def _json_object(text: str) -> dict:
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``generate`` subcommand; sets ``func=run`` (``run(args, beam_argv)``)."""
     p = subparsers.add_parser(
-        "generate", allow_abbrev=False,  # never swallow a Beam flag by prefix
+        "generate",
+        allow_abbrev=False,  # never swallow a Beam flag by prefix
         help="simulate a seed-matched archive with Apache Beam",
         description="Simulate a seed-matched archive (fiducial, finite-difference or "
-                    "gradient records) with Apache Beam. Unknown options are Beam pipeline "
-                    "options and are passed to Beam unchanged (default runner: the local "
-                    "FnApiRunner, one process per core).",
-        epilog="example: " + EXAMPLE)
-    p.add_argument("--simulator", default="toy",
-                   help="module:function or path/file.py:function of simulator(key, θ); "
-                        "shortcuts: 'toy' (10 Gaussian draws, θ=(μ,Σ)) and 'grf' (2-D "
-                        "Gaussian random field factory, θ=(A,B)); default toy")
-    p.add_argument("--simulator-config", type=_json_object, default=None, metavar="JSON",
-                   help="JSON object of keyword arguments for a simulator factory, e.g. "
-                        "'{\"size\": 32}'")
+        "gradient records) with Apache Beam. Unknown options are Beam pipeline "
+        "options and are passed to Beam unchanged (default runner: the local "
+        "FnApiRunner, one process per core).",
+        epilog="example: " + EXAMPLE,
+    )
+    p.add_argument(
+        "--simulator",
+        default="toy",
+        help="module:function or path/file.py:function of simulator(key, θ); "
+        "shortcuts: 'toy' (10 Gaussian draws, θ=(μ,Σ)) and 'grf' (2-D "
+        "Gaussian random field factory, θ=(A,B)); default toy",
+    )
+    p.add_argument(
+        "--simulator-config",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="JSON object of keyword arguments for a simulator factory, e.g. '{\"size\": 32}'",
+    )
     p.add_argument("--theta-fid", type=_floats, required=True, metavar="θ1,θ2,...")
-    p.add_argument("--delta-theta", type=_floats, default=None, metavar="δ1,δ2,...",
-                   help="finite-difference widths (numerical mode): records at θ_fid ∓ δθ/2")
+    p.add_argument(
+        "--delta-theta",
+        type=_floats,
+        default=None,
+        metavar="δ1,δ2,...",
+        help="finite-difference widths (numerical mode): records at θ_fid ∓ δθ/2",
+    )
     p.add_argument("--n-s", type=int, required=True, help="fiducial seeds per split")
-    p.add_argument("--n-d", type=int, default=None,
-                   help="derivative seeds per split (default n_s; ignored in fiducial mode)")
-    p.add_argument("--n-devices", type=int, default=1,
-                   help="devices the layout is cut for; n_s and n_d must divide by it")
+    p.add_argument(
+        "--n-d",
+        type=int,
+        default=None,
+        help="derivative seeds per split (default n_s; ignored in fiducial mode)",
+    )
+    p.add_argument(
+        "--n-devices",
+        type=int,
+        default=1,
+        help="devices the layout is cut for; n_s and n_d must divide by it",
+    )
     p.add_argument("--mode", choices=("numerical", "gradient", "fiducial"), required=True)
     p.add_argument("--out", required=True, help="archive directory or URL (gs://, s3://)")
     p.add_argument("--records-per-shard", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="base seed of the train split")
-    p.add_argument("--validation-seed", type=int, default=1,
-                   help="base seed of the validation split")
-    p.add_argument("--no-validation", action="store_true",
-                   help="write only the train split (e.g. target data)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="simulations per vmapped call on a worker (does not change the data)")
-    p.add_argument("--input-shape", type=_ints, default=None, metavar="N1,N2,...",
-                   help="expected shape of one simulation (checked before any work)")
+    p.add_argument(
+        "--validation-seed", type=int, default=1, help="base seed of the validation split"
+    )
+    p.add_argument(
+        "--no-validation", action="store_true", help="write only the train split (e.g. target data)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="simulations per vmapped call on a worker (does not change the data)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_ints,
+        default=None,
+        metavar="N1,N2,...",
+        help="expected shape of one simulation (checked before any work)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="show Beam's own log messages")
     p.set_defaults(func=run)
@@ -108,18 +144,32 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
     beam_argv = list(beam_argv or [])
     try:
         result = run_generation(
-            args.out, args.simulator, args.theta_fid, args.delta_theta, args.n_s, n_d,
-            args.n_devices, args.mode, records_per_shard=args.records_per_shard, seeds=seeds,
-            simulator_config=args.simulator_config, batch_size=args.batch_size,
-            beam_args=beam_argv, input_shape=args.input_shape,
-            progress=not args.no_progress)
+            args.out,
+            args.simulator,
+            args.theta_fid,
+            args.delta_theta,
+            args.n_s,
+            n_d,
+            args.n_devices,
+            args.mode,
+            records_per_shard=args.records_per_shard,
+            seeds=seeds,
+            simulator_config=args.simulator_config,
+            batch_size=args.batch_size,
+            beam_args=beam_argv,
+            input_shape=args.input_shape,
+            progress=not args.no_progress,
+        )
     except (JobError, SimulationError) as err:  # refused before any shard was written
         print(f"imnn-stream generate: error: {err}", file=sys.stderr)
         return 2
     except JobFailed as err:
-        print(f"imnn-stream generate: error: {err}\n"
-              f"shards already written to {err.root} are kept; fix the cause and re-run "
-              "the same command to resume", file=sys.stderr)
+        print(
+            f"imnn-stream generate: error: {err}\n"
+            f"shards already written to {err.root} are kept; fix the cause and re-run "
+            "the same command to resume",
+            file=sys.stderr,
+        )
         return 1
     print(result.summary(args.out), file=sys.stderr)
     return 0

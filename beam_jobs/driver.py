@@ -10,6 +10,7 @@ Order of events (each step refuses before touching anything when it can):
    every valid shard and writing the others;
 4. the pipeline writes the manifest last and removes ``job.json``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ __all__ = ["generate", "run_generation", "GenerationResult", "JobFailed"]
 @dataclasses.dataclass
 class GenerationResult:
     """What a run did. ``manifest`` is the committed archive's manifest."""
+
     manifest: Manifest
     n_shards: int
     written: int
@@ -47,19 +49,35 @@ class GenerationResult:
 
     def summary(self, root: str) -> str:
         if self.nothing_to_do:
-            return (f"{root}: archive already complete and valid ({self.n_shards} shards); "
-                    "nothing written")
-        return (f"{root}: {self.n_shards} shards ({self.written} written, {self.kept} kept), "
-                f"{self.records_written} simulations in {self.seconds:.1f} s "
-                f"({self.records_per_second:.0f} simulations/s); manifest written")
+            return (
+                f"{root}: archive already complete and valid ({self.n_shards} shards); "
+                "nothing written"
+            )
+        return (
+            f"{root}: {self.n_shards} shards ({self.written} written, {self.kept} kept), "
+            f"{self.records_written} simulations in {self.seconds:.1f} s "
+            f"({self.records_per_second:.0f} simulations/s); manifest written"
+        )
 
 
-def generate(out: str, simulator: str, theta_fid, delta_theta, n_s: int, n_d: int,
-             n_devices: int, mode: str, records_per_shard: int = 1000,
-             seeds: Optional[dict] = None, simulator_config: Optional[dict] = None,
-             batch_size: int = 64, beam_args: Optional[Sequence[str]] = None,
-             n_validation: Optional[int] = None, input_shape=None,
-             progress: Optional[bool] = None) -> Manifest:
+def generate(
+    out: str,
+    simulator: str,
+    theta_fid,
+    delta_theta,
+    n_s: int,
+    n_d: int,
+    n_devices: int,
+    mode: str,
+    records_per_shard: int = 1000,
+    seeds: Optional[dict] = None,
+    simulator_config: Optional[dict] = None,
+    batch_size: int = 64,
+    beam_args: Optional[Sequence[str]] = None,
+    n_validation: Optional[int] = None,
+    input_shape=None,
+    progress: Optional[bool] = None,
+) -> Manifest:
     """Write (or complete) a simulation archive at ``out`` and return its manifest.
 
     Parameters
@@ -80,26 +98,76 @@ def generate(out: str, simulator: str, theta_fid, delta_theta, n_s: int, n_d: in
     input_shape : expected shape of one simulation (checked), or None
     progress : show a progress bar (default: when stderr is a terminal)
     """
-    return run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, mode,
-                          records_per_shard, seeds, simulator_config, batch_size, beam_args,
-                          n_validation, input_shape, progress).manifest
+    return run_generation(
+        out,
+        simulator,
+        theta_fid,
+        delta_theta,
+        n_s,
+        n_d,
+        n_devices,
+        mode,
+        records_per_shard,
+        seeds,
+        simulator_config,
+        batch_size,
+        beam_args,
+        n_validation,
+        input_shape,
+        progress,
+    ).manifest
 
 
-def run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, mode,
-                   records_per_shard=1000, seeds=None, simulator_config=None, batch_size=64,
-                   beam_args=None, n_validation=None, input_shape=None,
-                   progress=None, log: Callable[[str], None] = None) -> GenerationResult:
+def run_generation(
+    out,
+    simulator,
+    theta_fid,
+    delta_theta,
+    n_s,
+    n_d,
+    n_devices,
+    mode,
+    records_per_shard=1000,
+    seeds=None,
+    simulator_config=None,
+    batch_size=64,
+    beam_args=None,
+    n_validation=None,
+    input_shape=None,
+    progress=None,
+    log: Callable[[str], None] = None,
+) -> GenerationResult:
     """:func:`generate`, returning a :class:`GenerationResult`."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = str(out) if fs.is_url(str(out)) else os.path.abspath(out)  # workers' cwd may differ
     beam_args = list(beam_args or [])
     sim_spec = SimulatorSpec(simulator, simulator_config)
     # 1. arguments, before anything is imported or touched
-    job = make_job(mode, sim_spec.resolved, simulator_config, theta_fid, delta_theta, n_s,
-                   n_d, n_devices, records_per_shard, seeds, (), batch_size, n_validation)
+    job = make_job(
+        mode,
+        sim_spec.resolved,
+        simulator_config,
+        theta_fid,
+        delta_theta,
+        n_s,
+        n_d,
+        n_devices,
+        records_per_shard,
+        seeds,
+        (),
+        batch_size,
+        n_validation,
+    )
     # 2. the simulator: importable, one floating array of a fixed shape
-    batcher = BatchSimulator(load_simulator(sim_spec), sim_spec.describe(), job.mode,
-                             job.theta_fid, job.delta_theta, job.batch_size, input_shape)
+    batcher = BatchSimulator(
+        load_simulator(sim_spec),
+        sim_spec.describe(),
+        job.mode,
+        job.theta_fid,
+        job.delta_theta,
+        job.batch_size,
+        input_shape,
+    )
     job = dataclasses.replace(job, input_shape=batcher.input_shape)
     plan = job.plan()
     # 3. what is there already
@@ -113,6 +181,7 @@ def run_generation(out, simulator, theta_fid, delta_theta, n_s, n_d, n_devices, 
     _remove_temporaries(out, log)
     # 4. the pipeline
     from .pipeline import run_pipeline  # Beam only from here on
+
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     watcher = _Progress(out, plan, start) if show else None
@@ -162,17 +231,21 @@ def _settle_committed(out, job, plan, log) -> Optional[GenerationResult]:
     """Archive with a manifest: same job and valid -> nothing to do; same job but
     invalid -> un-commit it for repair (returns None); other job -> refuse."""
     import writers
+
     try:
-        committed = Job.from_manifest(Manifest.from_json(
-            json.loads(fs.read_bytes(fs.join(out, MANIFEST_NAME)))))
+        committed = Job.from_manifest(
+            Manifest.from_json(json.loads(fs.read_bytes(fs.join(out, MANIFEST_NAME))))
+        )
     except Exception as err:
-        raise JobError(f"{out} has a manifest this tool cannot read ({err}); refusing to "
-                       "touch it") from err
+        raise JobError(
+            f"{out} has a manifest this tool cannot read ({err}); refusing to touch it"
+        ) from err
     diff = job.differences(committed)
     if diff:
-        raise JobError(f"{out} holds an archive generated with different parameters; "
-                       "refusing to mix data (use another --out, or delete it first):\n  "
-                       + "\n  ".join(diff))
+        raise JobError(
+            f"{out} holds an archive generated with different parameters; "
+            "refusing to mix data (use another --out, or delete it first):\n  " + "\n  ".join(diff)
+        )
     stored = load_job(out)
     if stored is not None:
         if job.differences(stored):
@@ -180,10 +253,13 @@ def _settle_committed(out, job, plan, log) -> Optional[GenerationResult]:
         fs.delete(fs.join(out, JOB_NAME))  # left by a run stopped right after committing
     report = writers.validate(out)
     if report.ok:
-        return GenerationResult(read_manifest(out), len(plan), 0, len(plan), 0, 0.0,
-                                nothing_to_do=True)
-    log(f"{out}: committed archive does not validate ({len(report.errors)} errors, e.g. "
-        f"{report.errors[0]}); repairing")
+        return GenerationResult(
+            read_manifest(out), len(plan), 0, len(plan), 0, 0.0, nothing_to_do=True
+        )
+    log(
+        f"{out}: committed archive does not validate ({len(report.errors)} errors, e.g. "
+        f"{report.errors[0]}); repairing"
+    )
     # job.json first, then drop the commit marker: the archive is "unfinished"
     # again until the pipeline writes a new manifest.
     _write_job(out, job)
@@ -213,11 +289,18 @@ class _Progress:
 
     def __init__(self, root: str, plan, start: float, interval: float = 1.0):
         from tqdm import tqdm
+
         self.root, self.start, self.interval = root, start, interval
         self.sizes = {s.path: s.n_records for s in plan}
         self.seen = set(self._present())
-        self.bar = tqdm(total=len(plan), initial=len(self.seen), unit="shard",
-                        desc="shards", file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=len(plan),
+            initial=len(self.seen),
+            unit="shard",
+            desc="shards",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self.records = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -14,6 +14,7 @@ which publishes the file only when it is complete. The content of a file
 depends only on its plan entry and the job, never on which worker, in which
 order or on which runner it was written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from writers import fs
 from writers.check import check_shard
@@ -73,6 +73,7 @@ def make_pipeline(opts: PipelineOptions) -> beam.Pipeline:
     """A Pipeline on the runner the options name, or on the FnApiRunner by default."""
     if opts.view_as(StandardOptions).runner is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
         return beam.Pipeline(runner=FnApiRunner(), options=opts)
     return beam.Pipeline(options=opts)
 
@@ -80,8 +81,13 @@ def make_pipeline(opts: PipelineOptions) -> beam.Pipeline:
 # --------------------------------------------------------------------------- checks
 def record_spec(job: Job, kind: str) -> RecordSpec:
     finite_difference, gradient = kind_features(job.mode, kind)
-    return RecordSpec(tuple(job.input_shape), job.dtype, job.n_params,
-                      finite_difference=finite_difference, gradient=gradient)
+    return RecordSpec(
+        tuple(job.input_shape),
+        job.dtype,
+        job.n_params,
+        finite_difference=finite_difference,
+        gradient=gradient,
+    )
 
 
 def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
@@ -96,13 +102,23 @@ def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
     if not fs.exists(fs.join(root, spec.path)):
         return None
     info = {k.kind: k for k in kinds(job.mode, job.n_s, job.n_d, job.n_params)}[spec.kind]
-    check = check_shard(root, spec.path, info, record_spec(job, spec.kind), spec.first_seed,
-                        job.n_params, count=spec.n_records, n_s=job.n_s,
-                        first_error_only=True, source="plan")
+    check = check_shard(
+        root,
+        spec.path,
+        info,
+        record_spec(job, spec.kind),
+        spec.first_seed,
+        job.n_params,
+        count=spec.n_records,
+        n_s=job.n_s,
+        first_error_only=True,
+        source="plan",
+    )
     if not check.ok:
         msg, record = check.errors[0]
-        _LOG.warning("rewriting invalid shard %s: %s", spec.path,
-                     ArchiveError(msg, spec.path, record))
+        _LOG.warning(
+            "rewriting invalid shard %s: %s", spec.path, ArchiveError(msg, spec.path, record)
+        )
         return None
     return check.file_meta()
 
@@ -122,9 +138,16 @@ def _batcher(job: Job) -> BatchSimulator:
     with _BATCHERS_LOCK:
         if key not in _BATCHERS:
             spec = SimulatorSpec(job.simulator, job.simulator_config)
-            _BATCHERS[key] = BatchSimulator(load_simulator(spec), spec.describe(), job.mode,
-                                            job.theta_fid, job.delta_theta, job.batch_size,
-                                            input_shape=job.input_shape, check=False)
+            _BATCHERS[key] = BatchSimulator(
+                load_simulator(spec),
+                spec.describe(),
+                job.mode,
+                job.theta_fid,
+                job.delta_theta,
+                job.batch_size,
+                input_shape=job.input_shape,
+                check=False,
+            )
         return _BATCHERS[key]
 
 
@@ -151,8 +174,14 @@ class WriteShard(beam.DoFn):
         if meta is not None:
             self.kept.inc()
         else:
-            records = shard_records(self.batcher, spec.kind, self.job.base_seeds[spec.split],
-                                    spec.first_seed, spec.last_seed, encode_example)
+            records = shard_records(
+                self.batcher,
+                spec.kind,
+                self.job.base_seeds[spec.split],
+                spec.first_seed,
+                spec.last_seed,
+                encode_example,
+            )
             meta = write_shard(self.root, spec, records)
             self.written.inc()
             self.simulated.inc(meta.count)
@@ -172,6 +201,7 @@ class WriteManifest(beam.DoFn):
 
     def process(self, metas):
         from writers.manifest import write_manifest
+
         manifest = self.job.new_manifest()
         planned = {s.path for s in self.job.plan()}
         got = {spec["path"] for spec, _ in metas}
@@ -189,16 +219,21 @@ class WriteManifest(beam.DoFn):
         yield path
 
 
-def build(p: beam.Pipeline, root: str, job: Job, plan: Sequence[ShardSpec],
-          fs_flags: Sequence[str] = ()):
+def build(
+    p: beam.Pipeline, root: str, job: Job, plan: Sequence[ShardSpec], fs_flags: Sequence[str] = ()
+):
     """Add the archive-writing transforms to ``p``; returns the manifest path PCollection."""
-    metas = (p
-             | "PlanShards" >> beam.Create([s.to_json() for s in plan])
-             | "Redistribute" >> beam.Reshuffle()
-             | "WriteShards" >> beam.ParDo(WriteShard(root, job, fs_flags)))
-    return (metas
-            | "CollectFileMeta" >> beam.combiners.ToList()
-            | "WriteManifest" >> beam.ParDo(WriteManifest(root, job, fs_flags)))
+    metas = (
+        p
+        | "PlanShards" >> beam.Create([s.to_json() for s in plan])
+        | "Redistribute" >> beam.Reshuffle()
+        | "WriteShards" >> beam.ParDo(WriteShard(root, job, fs_flags))
+    )
+    return (
+        metas
+        | "CollectFileMeta" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.ParDo(WriteManifest(root, job, fs_flags))
+    )
 
 
 def run_pipeline(root: str, job: Job, beam_argv: Sequence[str] = ()) -> dict:

@@ -19,6 +19,7 @@ Conventions (``docs/archive-contract.md``):
   n_params simulations, cheaper than reverse mode (one VJP per output pixel)
   because n_params is small and the outputs are large.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,7 +96,8 @@ def load_simulator(spec: SimulatorSpec) -> Callable:
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise SimulationError(
-            f"simulator {spec.name!r}: expected 'module:function' or 'path/file.py:function'")
+            f"simulator {spec.name!r}: expected 'module:function' or 'path/file.py:function'"
+        )
     try:
         if module_name.endswith(".py") or os.sep in module_name:
             # a file path: handy for local scripts and tests; on a remote runner
@@ -112,7 +114,8 @@ def load_simulator(spec: SimulatorSpec) -> Callable:
         fn = getattr(module, attr)
     except Exception as err:  # ImportError, AttributeError, errors in the module
         raise SimulationError(
-            f"simulator {spec.describe()} cannot be imported: {type(err).__name__}: {err}") from err
+            f"simulator {spec.describe()} cannot be imported: {type(err).__name__}: {err}"
+        ) from err
     if spec.config or spec.name in BUILTIN_FACTORIES:
         try:
             fn = fn(**(spec.config or {}))
@@ -169,21 +172,31 @@ class BatchSimulator:
         one array); skipped when False and ``input_shape`` is given.
     """
 
-    def __init__(self, simulator, name: str, mode: str, theta_fid, delta_theta=None,
-                 batch_size: int = 64, input_shape: Sequence[int] | None = None,
-                 check: bool = True):
+    def __init__(
+        self,
+        simulator,
+        name: str,
+        mode: str,
+        theta_fid,
+        delta_theta=None,
+        batch_size: int = 64,
+        input_shape: Sequence[int] | None = None,
+        check: bool = True,
+    ):
         self.simulator = simulator
         self.name = name
         self.mode = mode
         self.theta_fid = np.asarray(theta_fid, np.float32).reshape(-1)
         self.n_params = self.theta_fid.size
-        self.delta_theta = (None if delta_theta is None
-                            else np.asarray(delta_theta, np.float32).reshape(-1))
+        self.delta_theta = (
+            None if delta_theta is None else np.asarray(delta_theta, np.float32).reshape(-1)
+        )
         self.batch_size = int(batch_size)
         # Workers receive a shape the driver already checked: tracing the
         # simulator 1 + 2·n_params more times per worker would only cost start-up.
-        self.input_shape = (self.check_shape(input_shape) if check or input_shape is None
-                            else tuple(input_shape))
+        self.input_shape = (
+            self.check_shape(input_shape) if check or input_shape is None else tuple(input_shape)
+        )
         self._compiled: dict[str, Callable] = {}
         self._lock = threading.Lock()
 
@@ -191,7 +204,9 @@ class BatchSimulator:
     def _thetas_to_check(self):
         thetas = [self.theta_fid]
         if self.mode == "numerical" and self.delta_theta is not None:
-            thetas += list(varied_thetas(self.theta_fid, self.delta_theta).reshape(-1, self.n_params))
+            thetas += list(
+                varied_thetas(self.theta_fid, self.delta_theta).reshape(-1, self.n_params)
+            )
         return thetas
 
     def check_shape(self, expected=None) -> tuple[int, ...]:
@@ -208,24 +223,29 @@ class BatchSimulator:
             except Exception as err:
                 raise SimulationError(
                     f"simulator {self.name} raised for θ = {_fmt(theta)}: "
-                    f"{type(err).__name__}: {err}") from err
+                    f"{type(err).__name__}: {err}"
+                ) from err
             if not isinstance(out, jax.ShapeDtypeStruct):
                 raise SimulationError(
                     f"simulator {self.name} must return one array, got {type(out).__name__} "
-                    f"for θ = {_fmt(theta)}")
+                    f"for θ = {_fmt(theta)}"
+                )
             if not jnp.issubdtype(out.dtype, jnp.floating):
                 raise SimulationError(
                     f"simulator {self.name} returned dtype {out.dtype} for θ = {_fmt(theta)}; "
-                    "expected a floating-point array")
+                    "expected a floating-point array"
+                )
             if shape is not None and tuple(out.shape) != shape:
                 raise SimulationError(
                     f"simulator {self.name} returned shape {tuple(out.shape)} for θ = "
-                    f"{_fmt(theta)} but {shape} for θ_fid = {_fmt(self.theta_fid)}")
+                    f"{_fmt(theta)} but {shape} for θ_fid = {_fmt(self.theta_fid)}"
+                )
             shape = tuple(out.shape)
         if expected is not None and tuple(expected) != shape:
             raise SimulationError(
                 f"simulator {self.name} returned shape {shape} for θ = {_fmt(self.theta_fid)}, "
-                f"expected input_shape {tuple(expected)}")
+                f"expected input_shape {tuple(expected)}"
+            )
         return shape
 
     # -- compiled batch functions ------------------------------------------
@@ -248,14 +268,17 @@ class BatchSimulator:
             def one(key):  # -> (2, n_params, *input_shape), same key for every θ
                 return jax.vmap(jax.vmap(lambda t: sim(key, t)))(thetas)
         elif self.mode == "gradient" and kind == "main":
+
             def one(key):  # -> (input_shape, input_shape + (n_params,))
                 # forward mode: n_params JVPs; has_aux returns the value of the
                 # same evaluation, so the simulation is not run twice.
                 jac, value = jax.jacfwd(lambda t: (sim(key, t), sim(key, t)), has_aux=True)(θ)
                 return value, jac
         else:
+
             def one(key):  # -> input_shape
                 return sim(key, θ)
+
         def batch(base_seed, seeds):  # uint32 scalar, uint32(B,): keys made inside the jit
             base = jax.random.PRNGKey(base_seed)
             return jax.vmap(lambda i: one(jax.random.fold_in(base, i)))(seeds)
@@ -287,14 +310,19 @@ class BatchSimulator:
             raise SimulationError(
                 f"simulator {self.name} raised for seed {int(seeds[0])} (batch of seeds "
                 f"{int(seeds[0])}..{int(seeds[-1])}, base seed {base_seed}, kind {kind}) at "
-                f"θ = {self._theta_desc(kind)}: {_short(err)}") from err
+                f"θ = {self._theta_desc(kind)}: {_short(err)}"
+            ) from err
         data = out[0] if isinstance(out, tuple) else out
-        expected = (n,) + ((2, self.n_params) if self.mode == "numerical" and kind == "derivative"
-                           else ()) + self.input_shape
+        expected = (
+            (n,)
+            + ((2, self.n_params) if self.mode == "numerical" and kind == "derivative" else ())
+            + self.input_shape
+        )
         if data.shape != expected:
             raise SimulationError(
-                f"simulator {self.name} returned shape {data.shape[len(expected) - len(self.input_shape):]}"
-                f" for seed {int(seeds[0])} (kind {kind}), expected {self.input_shape}")
+                f"simulator {self.name} returned shape {data.shape[len(expected) - len(self.input_shape) :]}"
+                f" for seed {int(seeds[0])} (kind {kind}), expected {self.input_shape}"
+            )
         self._check_finite(kind, base_seed, seeds, out)
         return out
 
@@ -318,7 +346,8 @@ class BatchSimulator:
                 theta = varied_thetas(self.theta_fid, self.delta_theta)[sign, alpha]
             raise SimulationError(
                 f"simulator {self.name} returned a non-finite {what} (NaN or inf) for seed "
-                f"{seed} (base seed {base_seed}, kind {kind}) at θ = {_fmt(theta)}")
+                f"{seed} (base seed {base_seed}, kind {kind}) at θ = {_fmt(theta)}"
+            )
 
     # -- records ------------------------------------------------------------
     def records(self, kind: str, base_seed: int, seeds: np.ndarray, encode) -> Iterator[bytes]:
@@ -340,8 +369,9 @@ class BatchSimulator:
                 yield encode(value, int(seed))
 
 
-def shard_records(batcher: BatchSimulator, kind: str, base_seed: int, first_seed: int,
-                  last_seed: int, encode) -> Iterator[bytes]:
+def shard_records(
+    batcher: BatchSimulator, kind: str, base_seed: int, first_seed: int, last_seed: int, encode
+) -> Iterator[bytes]:
     """All records of the seeds ``first_seed..last_seed`` (inclusive) of one shard,
     simulated in fixed-size batches and yielded lazily, so a shard streams into
     its writer without being held in memory."""
@@ -362,4 +392,3 @@ def _short(err: BaseException) -> str:
 
 def _fmt(theta) -> str:
     return json.dumps(np.round(np.asarray(theta, np.float64), 6).tolist())
-

@@ -4,6 +4,7 @@ They are pure functions of a PRNG key and the physical parameters, so the same
 key at θ_fid ∓ δθ/2 gives seed-matched finite differences, and ``jax.jacfwd``
 w.r.t. θ gives exact simulation gradients.
 """
+
 from __future__ import annotations
 
 import jax

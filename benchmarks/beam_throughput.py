@@ -16,6 +16,7 @@ start with the same free disk).
 
     python benchmarks/beam_throughput.py [--size 64] [--n-s 262144] [--workers N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,25 @@ def plain_loop(root: str, job) -> float:
 
     start = time.perf_counter()
     spec = SimulatorSpec(job.simulator, job.simulator_config)
-    batcher = BatchSimulator(load_simulator(spec), spec.describe(), job.mode, job.theta_fid,
-                             job.delta_theta, job.batch_size, input_shape=job.input_shape)
+    batcher = BatchSimulator(
+        load_simulator(spec),
+        spec.describe(),
+        job.mode,
+        job.theta_fid,
+        job.delta_theta,
+        job.batch_size,
+        input_shape=job.input_shape,
+    )
     manifest = job.new_manifest()
     for shard in job.plan():
-        records = shard_records(batcher, shard.kind, job.base_seeds[shard.split],
-                                shard.first_seed, shard.last_seed, encode_example)
+        records = shard_records(
+            batcher,
+            shard.kind,
+            job.base_seeds[shard.split],
+            shard.first_seed,
+            shard.last_seed,
+            encode_example,
+        )
         manifest.add_file(shard, write_shard(root, shard, records))
     write_manifest(root, manifest)
     return time.perf_counter() - start
@@ -53,6 +67,7 @@ class ShardClock:
 
     def __init__(self, root: str, sizes: dict, interval: float = 0.2):
         import threading
+
         self.root, self.sizes, self.interval = root, sizes, interval
         self.seen: dict = {}
         self._stop = threading.Event()
@@ -77,13 +92,13 @@ class ShardClock:
         k = len(times) // 4
         later = sorted(self.seen, key=self.seen.get)[k:]
         rate = sum(self.sizes[p] for p in later) / max(times[-1] - times[k - 1], 1e-9)
-        return {"steady_simulations_per_s": round(rate, 1),
-                "first_shard_after_s": None}
+        return {"steady_simulations_per_s": round(rate, 1), "first_shard_after_s": None}
 
 
 def checksums(root: str) -> dict:
     """{shard path: sha256} from an archive's manifest."""
     from writers.manifest import read_manifest
+
     return {f["path"]: f["sha256"] for f in read_manifest(root).all_files()}
 
 
@@ -99,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the archives")
     args = p.parse_args(argv)
     import logging
+
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # worker start-up chatter
 
     from beam_jobs import run_generation
@@ -107,10 +123,20 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="beam-throughput-", dir=args.dir)
     theta, delta = [1.0, 2.0], [0.1, 0.1]
     n_d = args.n_s if args.mode == "numerical" else 0
-    job = make_job(args.mode, "beam_jobs.simulators:gaussian_random_field",
-                   {"size": args.size}, theta, delta, args.n_s, n_d, 1,
-                   args.records_per_shard, {"train": 0}, (args.size, args.size),
-                   args.batch_size)
+    job = make_job(
+        args.mode,
+        "beam_jobs.simulators:gaussian_random_field",
+        {"size": args.size},
+        theta,
+        delta,
+        args.n_s,
+        n_d,
+        1,
+        args.records_per_shard,
+        {"train": 0},
+        (args.size, args.size),
+        args.batch_size,
+    )
     n_records = job.n_records()
     load_before = os.getloadavg()
     try:
@@ -122,31 +148,49 @@ def main(argv=None) -> int:
         beam_root = os.path.join(scratch, "beam")
         clock = ShardClock(beam_root, {sp.path: sp.n_records for sp in job.plan()})
         start = time.perf_counter()  # end to end, Beam's import and start-up included
-        run_generation(beam_root, "grf", theta, delta if args.mode == "numerical" else None,
-                       args.n_s, n_d, 1, args.mode, records_per_shard=args.records_per_shard,
-                       seeds={"train": 0}, simulator_config={"size": args.size},
-                       batch_size=args.batch_size, progress=False,
-                       beam_args=[f"--direct_num_workers={args.workers}"])
+        run_generation(
+            beam_root,
+            "grf",
+            theta,
+            delta if args.mode == "numerical" else None,
+            args.n_s,
+            n_d,
+            1,
+            args.mode,
+            records_per_shard=args.records_per_shard,
+            seeds={"train": 0},
+            simulator_config={"size": args.size},
+            batch_size=args.batch_size,
+            progress=False,
+            beam_args=[f"--direct_num_workers={args.workers}"],
+        )
         beam_s = time.perf_counter() - start
         steady = clock.stop()
         if clock.seen:
             steady["first_shard_after_s"] = round(min(clock.seen.values()) - start, 2)
-            steady["last_shard_to_return_s"] = round(start + beam_s
-                                                     - max(clock.seen.values()), 2)
+            steady["last_shard_to_return_s"] = round(start + beam_s - max(clock.seen.values()), 2)
         identical = checksums(beam_root) == loop_files
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     out = {
-        "benchmark": "beam_throughput", "simulator": f"gaussian_random_field({args.size})",
-        "mode": args.mode, "simulations": n_records, "records_per_shard": args.records_per_shard,
-        "batch_size": args.batch_size, "shards": len(job.plan()),
+        "benchmark": "beam_throughput",
+        "simulator": f"gaussian_random_field({args.size})",
+        "mode": args.mode,
+        "simulations": n_records,
+        "records_per_shard": args.records_per_shard,
+        "batch_size": args.batch_size,
+        "shards": len(job.plan()),
         "bytes_per_simulation": 4 * args.size * args.size,
-        "cpu_count": os.cpu_count(), "beam_workers": args.workers,
+        "cpu_count": os.cpu_count(),
+        "beam_workers": args.workers,
         "loop": {"seconds": round(loop_s, 2), "simulations_per_s": round(n_records / loop_s, 1)},
-        "pipeline": {"seconds": round(beam_s, 2),
-                     "simulations_per_s": round(n_records / beam_s, 1),
-                     "runner": "FnApiRunner multi_processing", **steady},
+        "pipeline": {
+            "seconds": round(beam_s, 2),
+            "simulations_per_s": round(n_records / beam_s, 1),
+            "runner": "FnApiRunner multi_processing",
+            **steady,
+        },
         "ratio": round(loop_s / beam_s, 3),
         "byte_identical_shards": identical,
         "jax_compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),

@@ -25,6 +25,7 @@ derivative: 5000 records) read through ``device_streams`` with
 ``steady_us_per_record``: the same read 10 epochs at a time from streams
 kept open (the trainer's steady state).  ``--small-only`` skips the rest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,10 +63,15 @@ def small_records(repeats: int = 15) -> dict:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "toy")
-        m = write_arrays(root, "numerical", [0.0, 1.0], [0.1, 0.1],
-                         fiducial=rng.normal(size=(1000, 10)).astype(np.float32),
-                         derivative=rng.normal(size=(1000, 2, 2, 10)).astype(np.float32),
-                         n_devices=2)
+        m = write_arrays(
+            root,
+            "numerical",
+            [0.0, 1.0],
+            [0.1, 0.1],
+            fiducial=rng.normal(size=(1000, 10)).astype(np.float32),
+            derivative=rng.normal(size=(1000, 2, 2, 10)).astype(np.float32),
+            n_devices=2,
+        )
         D, n = 2, 100
         kinds = stream_kinds(m)
         n_batches = {k: -(-epoch_records(m, "train", k, D) // n) for k in kinds}
@@ -102,11 +108,16 @@ def small_records(repeats: int = 15) -> dict:
         finally:
             close_all(st)
     us = 1e6 / records
-    return {"records": records, "record_shape": [10], "n_devices": D, "n_per_device": n,
-            "us_per_record": round(statistics.median(times) * us, 3),
-            "us_per_record_min": round(min(times) * us, 3),
-            "steady_us_per_record": round(statistics.median(steady) * us, 3),
-            "repeats": repeats}
+    return {
+        "records": records,
+        "record_shape": [10],
+        "n_devices": D,
+        "n_per_device": n,
+        "us_per_record": round(statistics.median(times) * us, 3),
+        "us_per_record_min": round(min(times) * us, 3),
+        "steady_us_per_record": round(statistics.median(steady) * us, 3),
+        "repeats": repeats,
+    }
 
 
 def main(argv=None):
@@ -119,8 +130,7 @@ def main(argv=None):
     p.add_argument("--records-per-shard", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--small-repeats", type=int, default=15)
-    p.add_argument("--small-only", action="store_true",
-                   help="only the small-record measurement")
+    p.add_argument("--small-only", action="store_true", help="only the small-record measurement")
     args = p.parse_args(argv)
     if args.small_only:
         out = {"small_records": small_records(args.small_repeats), "cpus": os.cpu_count()}
@@ -136,10 +146,19 @@ def main(argv=None):
     if root is None:
         tmp = tempfile.TemporaryDirectory()
         root = os.path.join(tmp.name, "archive")
-        fid = np.random.default_rng(0).normal(size=(args.n_s, args.size, args.size)).astype(
-            np.float32)
-        write_arrays(root, "fiducial", [1.0, 2.0], fiducial=fid, n_devices=args.n_devices,
-                     records_per_shard=args.records_per_shard)
+        fid = (
+            np.random.default_rng(0)
+            .normal(size=(args.n_s, args.size, args.size))
+            .astype(np.float32)
+        )
+        write_arrays(
+            root,
+            "fiducial",
+            [1.0, 2.0],
+            fiducial=fid,
+            n_devices=args.n_devices,
+            records_per_shard=args.records_per_shard,
+        )
     m = read_manifest(root)
     kind = m.kinds("train")[0]
     files = [os.path.join(root, f["path"]) for f in m.files("train", kind)]
@@ -177,14 +196,20 @@ def main(argv=None):
     t_tf = best_of(run_tf, args.repeats)
     t_tfp = best_of(run_tf_parsed, args.repeats)
     mb = total_bytes / 1e6
-    out = {"archive_mb": round(mb, 2), "records": m.n_s if kind == "fiducial" else None,
-           "record_shape": m.input_shape, "n_devices": D, "n_per_device": n,
-           "streams_mb_s": round(mb / t_streams, 1),
-           "streams_mb_s_median": round(mb / float(np.median(streams_times)), 1),
-           "tf_data_mb_s": round(mb / t_tf, 1),
-           "tf_data_parsed_mb_s": round(mb / t_tfp, 1),
-           "ratio": round(t_tf / t_streams, 3), "ratio_vs_parsed": round(t_tfp / t_streams, 3),
-           "cpus": os.cpu_count()}
+    out = {
+        "archive_mb": round(mb, 2),
+        "records": m.n_s if kind == "fiducial" else None,
+        "record_shape": m.input_shape,
+        "n_devices": D,
+        "n_per_device": n,
+        "streams_mb_s": round(mb / t_streams, 1),
+        "streams_mb_s_median": round(mb / float(np.median(streams_times)), 1),
+        "tf_data_mb_s": round(mb / t_tf, 1),
+        "tf_data_parsed_mb_s": round(mb / t_tfp, 1),
+        "ratio": round(t_tf / t_streams, 3),
+        "ratio_vs_parsed": round(t_tfp / t_streams, 3),
+        "cpus": os.cpu_count(),
+    }
     out["small_records"] = small_records(args.small_repeats)
     print(json.dumps(out))
     if tmp is not None:

@@ -15,6 +15,7 @@ memory: peak resident memory (ru_maxrss of a fresh process) of a streaming fit
 on field archives of 1×, 4× and 16× the size (n_s = n_d = 250·scale), same
 network and batch size.
 """
+
 import argparse
 import json
 import os
@@ -38,24 +39,43 @@ def problem_data(problem, n, seed):
     from beam_jobs.simulators import gaussian_random_field, gaussian_toy
 
     if problem == "toy":
-        sim, θ, δθ = gaussian_toy, np.array([0.0, 1.0], np.float32), np.array([0.1, 0.1], np.float32)
+        sim, θ, δθ = (
+            gaussian_toy,
+            np.array([0.0, 1.0], np.float32),
+            np.array([0.1, 0.1], np.float32),
+        )
     else:
-        sim, θ, δθ = gaussian_random_field(32), np.array([1.0, 2.0], np.float32), \
-            np.array([0.1, 0.1], np.float32)
+        sim, θ, δθ = (
+            gaussian_random_field(32),
+            np.array([1.0, 2.0], np.float32),
+            np.array([0.1, 0.1], np.float32),
+        )
     out_f, out_d, out_g = [], [], []
     for start in range(0, n, 1000):  # in chunks: bounded memory while generating
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(
-            jnp.arange(start, min(n, start + 1000)))
+            jnp.arange(start, min(n, start + 1000))
+        )
         out_f.append(np.asarray(jax.vmap(lambda k: sim(k, θ))(keys)))
-        out_d.append(np.asarray(jnp.stack(
-            [jax.vmap(lambda k: jax.vmap(lambda p: sim(k, p))(θ + s * jnp.diag(δθ) / 2))(keys)
-             for s in (-1, 1)], 1)))
+        out_d.append(
+            np.asarray(
+                jnp.stack(
+                    [
+                        jax.vmap(lambda k: jax.vmap(lambda p: sim(k, p))(θ + s * jnp.diag(δθ) / 2))(
+                            keys
+                        )
+                        for s in (-1, 1)
+                    ],
+                    1,
+                )
+            )
+        )
         out_g.append(np.asarray(jax.vmap(lambda k: jax.jacfwd(sim, argnums=1)(k, θ))(keys)))
     return θ, δθ, np.concatenate(out_f), np.concatenate(out_d), np.concatenate(out_g)
 
 
 def model_for(problem):
     import imnn_stream as im
+
     return im.models.mlp((128, 128), 2) if problem == "toy" else im.models.cnn((8, 16), 64, 2)
 
 
@@ -72,45 +92,81 @@ def speed(problem, iterations):
     devices = jax.devices("cpu")[:2]
     agg = dict(host=devices[0], devices=devices, n_per_device=npd)
     tmp = tempfile.mkdtemp()
-    write_arrays(os.path.join(tmp, "num"), "numerical", θ, δθ, fiducial=f, derivative=d,
-                 validation_fiducial=vf, validation_derivative=vd, n_devices=2,
-                 records_per_shard=n // 4)
-    write_arrays(os.path.join(tmp, "grad"), "gradient", θ, fiducial=f, gradient=g,
-                 validation_fiducial=vf, validation_gradient=vg, n_devices=2,
-                 records_per_shard=n // 4)
+    write_arrays(
+        os.path.join(tmp, "num"),
+        "numerical",
+        θ,
+        δθ,
+        fiducial=f,
+        derivative=d,
+        validation_fiducial=vf,
+        validation_derivative=vd,
+        n_devices=2,
+        records_per_shard=n // 4,
+    )
+    write_arrays(
+        os.path.join(tmp, "grad"),
+        "gradient",
+        θ,
+        fiducial=f,
+        gradient=g,
+        validation_fiducial=vf,
+        validation_gradient=vg,
+        n_devices=2,
+        records_per_shard=n // 4,
+    )
 
     def kw():
-        return dict(n_s=n, n_d=n, n_params=2, n_summaries=2, input_shape=shape, θ_fid=θ,
-                    model=model_for(problem), optimiser=optax.adam(1e-3),
-                    key_or_state=jax.random.PRNGKey(0))
+        return dict(
+            n_s=n,
+            n_d=n,
+            n_params=2,
+            n_summaries=2,
+            input_shape=shape,
+            θ_fid=θ,
+            model=model_for(problem),
+            optimiser=optax.adam(1e-3),
+            key_or_state=jax.random.PRNGKey(0),
+        )
 
     def archive(cls, name):
-        return cls.from_archive(os.path.join(tmp, name), model=model_for(problem),
-                                optimiser=optax.adam(1e-3), key_or_state=jax.random.PRNGKey(0),
-                                **agg)
+        return cls.from_archive(
+            os.path.join(tmp, name),
+            model=model_for(problem),
+            optimiser=optax.adam(1e-3),
+            key_or_state=jax.random.PRNGKey(0),
+            **agg,
+        )
 
     num = dict(fiducial=f, derivative=d, δθ=δθ, validation_fiducial=vf, validation_derivative=vd)
     grad = dict(fiducial=f, derivative=g, validation_fiducial=vf, validation_derivative=vg)
     makers = {
-        "numerical": {"in_memory": lambda: im.NumericalGradientIMNN(**kw(), **num),
-                      "aggregated": lambda: im.AggregatedNumericalGradientIMNN(**kw(), **num, **agg),
-                      "streaming": lambda: archive(im.DatasetNumericalGradientIMNN, "num")},
-        "gradient": {"in_memory": lambda: im.GradientIMNN(**kw(), **grad),
-                     "aggregated": lambda: im.AggregatedGradientIMNN(**kw(), **grad, **agg),
-                     "streaming": lambda: archive(im.DatasetGradientIMNN, "grad")},
+        "numerical": {
+            "in_memory": lambda: im.NumericalGradientIMNN(**kw(), **num),
+            "aggregated": lambda: im.AggregatedNumericalGradientIMNN(**kw(), **num, **agg),
+            "streaming": lambda: archive(im.DatasetNumericalGradientIMNN, "num"),
+        },
+        "gradient": {
+            "in_memory": lambda: im.GradientIMNN(**kw(), **grad),
+            "aggregated": lambda: im.AggregatedGradientIMNN(**kw(), **grad, **agg),
+            "streaming": lambda: archive(im.DatasetGradientIMNN, "grad"),
+        },
     }
     out = {}
     for mode, classes in makers.items():
         res = {}
         for strategy, make in classes.items():
             imnn = make()
-            imnn.fit(10.0, 0.1, min_iterations=2, patience=2, max_iterations=2)  # compile, warm cache
+            imnn.fit(
+                10.0, 0.1, min_iterations=2, patience=2, max_iterations=2
+            )  # compile, warm cache
             sources = _stream_sources(imnn)
             for s in sources:
                 s.wait_seconds = 0.0
             t0 = time.perf_counter()
-            imnn.fit(10.0, 0.1, min_iterations=iterations, patience=iterations,
-                     max_iterations=iterations)
+            imnn.fit(
+                10.0, 0.1, min_iterations=iterations, patience=iterations, max_iterations=iterations
+            )
             jax.block_until_ready(imnn.w)
             seconds = (time.perf_counter() - t0) / iterations
             res[strategy] = dict(seconds_per_iteration=seconds)
@@ -119,18 +175,28 @@ def speed(problem, iterations):
                 res[strategy]["input_wait_fraction"] = wait / seconds
             if hasattr(imnn, "close"):
                 imnn.close()
-        res["streaming_over_in_memory"] = (res["streaming"]["seconds_per_iteration"]
-                                           / res["in_memory"]["seconds_per_iteration"])
-        res["streaming_over_aggregated"] = (res["streaming"]["seconds_per_iteration"]
-                                            / res["aggregated"]["seconds_per_iteration"])
+        res["streaming_over_in_memory"] = (
+            res["streaming"]["seconds_per_iteration"] / res["in_memory"]["seconds_per_iteration"]
+        )
+        res["streaming_over_aggregated"] = (
+            res["streaming"]["seconds_per_iteration"] / res["aggregated"]["seconds_per_iteration"]
+        )
         out[mode] = res
         print(problem, mode, json.dumps(res), file=sys.stderr, flush=True)
-    return dict(problem=problem, n_s=n, n_d=n, n_per_device=npd, devices=2,
-                iterations=iterations, results=out)
+    return dict(
+        problem=problem,
+        n_s=n,
+        n_d=n,
+        n_per_device=npd,
+        devices=2,
+        iterations=iterations,
+        results=out,
+    )
 
 
 def _stream_sources(imnn):
     from imnn_stream.sources import StreamSource
+
     strategy = imnn._strategy
     found = []
     for data in (strategy.train, strategy.validation):
@@ -147,13 +213,21 @@ def memory_child(path, iterations):
 
     devices = jax.devices("cpu")[:2]
     imnn = im.DatasetNumericalGradientIMNN.from_archive(
-        path, model=model_for("field"), optimiser=optax.adam(1e-3),
-        key_or_state=jax.random.PRNGKey(0), host=devices[0], devices=devices, n_per_device=50)
+        path,
+        model=model_for("field"),
+        optimiser=optax.adam(1e-3),
+        key_or_state=jax.random.PRNGKey(0),
+        host=devices[0],
+        devices=devices,
+        n_per_device=50,
+    )
     t0 = time.perf_counter()
     imnn.fit(10.0, 0.1, min_iterations=iterations, patience=iterations, max_iterations=iterations)
     imnn.close()
-    return dict(peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                seconds_per_iteration=(time.perf_counter() - t0) / iterations)
+    return dict(
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        seconds_per_iteration=(time.perf_counter() - t0) / iterations,
+    )
 
 
 def memory(scales, iterations):
@@ -165,12 +239,17 @@ def memory(scales, iterations):
         n = 250 * scale
         θ, δθ, f, d, _ = problem_data("field", n, 0)
         path = os.path.join(tmp, f"x{scale}")
-        write_arrays(path, "numerical", θ, δθ, fiducial=f, derivative=d, n_devices=2,
-                     records_per_shard=250)
-        archive_mib = (f.nbytes + d.nbytes) / 2 ** 20
+        write_arrays(
+            path, "numerical", θ, δθ, fiducial=f, derivative=d, n_devices=2, records_per_shard=250
+        )
+        archive_mib = (f.nbytes + d.nbytes) / 2**20
         del f, d
-        r = subprocess.run([sys.executable, __file__, "_memory_child", path, str(iterations)],
-                           capture_output=True, text=True, check=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "_memory_child", path, str(iterations)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         res = json.loads(r.stdout.strip().splitlines()[-1])
         res.update(scale=scale, n_s=n, archive_mib=archive_mib)
         out[f"x{scale}"] = res

@@ -7,18 +7,25 @@ applications (:mod:`imnn_stream.app`: command line, demo, inference loop, run
 folders); ``imnn_stream.app`` and ``imnn_stream.runs`` are reachable from here
 only as lazy attributes, for convenience.
 """
+
 import importlib
 
 _NAMES = {
     "IMNN": "factory",
-    "SimulatorIMNN": "classes", "GradientIMNN": "classes", "NumericalGradientIMNN": "classes",
-    "AggregatedSimulatorIMNN": "classes", "AggregatedGradientIMNN": "classes",
+    "SimulatorIMNN": "classes",
+    "GradientIMNN": "classes",
+    "NumericalGradientIMNN": "classes",
+    "AggregatedSimulatorIMNN": "classes",
+    "AggregatedGradientIMNN": "classes",
     "AggregatedNumericalGradientIMNN": "classes",
-    "DatasetGradientIMNN": "streaming", "DatasetNumericalGradientIMNN": "streaming",
-    "NonFiniteError": "trainer", "OrderError": "twopass",
+    "DatasetGradientIMNN": "streaming",
+    "DatasetNumericalGradientIMNN": "streaming",
+    "NonFiniteError": "trainer",
+    "OrderError": "twopass",
 }
-_MODULES = {name: name for name in ("fisher", "models", "utils", "optimisers", "modes",
-                                     "strategies", "app")}
+_MODULES = {
+    name: name for name in ("fisher", "models", "utils", "optimisers", "modes", "strategies", "app")
+}
 _MODULES["runs"] = "app.runs"
 
 __all__ = list(_NAMES) + list(_MODULES)

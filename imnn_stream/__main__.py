@@ -1,4 +1,5 @@
 """``python -m imnn_stream ...``: the ``imnn-stream`` command line."""
+
 import sys
 
 from .app.cli import main

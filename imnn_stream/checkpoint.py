@@ -5,6 +5,7 @@ Both are pickles of plain dicts of host arrays, written atomically (a temporary
 file, then renamed). The monitor is stored as a dict (see
 :meth:`imnn_stream.loop_state.Monitor.to_dict`).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,36 +45,71 @@ class Checkpoint:
 
     def save(self, trainer, loop: LoopState):
         os.makedirs(self.dir, exist_ok=True)
-        write_atomic(self.path, jax.device_get(dict(
-            run=self.run, state=loop.state, key=loop.key, step=loop.step,
-            mon=loop.monitor.to_dict(), done=loop.done, history=trainer.history,
-            stats_key=trainer._stats_key)))
+        write_atomic(
+            self.path,
+            jax.device_get(
+                dict(
+                    run=self.run,
+                    state=loop.state,
+                    key=loop.key,
+                    step=loop.step,
+                    mon=loop.monitor.to_dict(),
+                    done=loop.done,
+                    history=trainer.history,
+                    stats_key=trainer._stats_key,
+                )
+            ),
+        )
 
     def restore(self, trainer) -> LoopState:
         with open(self.path, "rb") as f:
             blob = pickle.load(f)
         if blob["run"] != self.run:
-            diff = {k: (blob["run"].get(k), v) for k, v in self.run.items() if blob["run"].get(k) != v}
-            raise ValueError(f"{self.path}: checkpoint was written by a fit with other arguments "
-                             f"(saved, now): {diff}; use another checkpoint_dir or resume=False")
+            diff = {
+                k: (blob["run"].get(k), v) for k, v in self.run.items() if blob["run"].get(k) != v
+            }
+            raise ValueError(
+                f"{self.path}: checkpoint was written by a fit with other arguments "
+                f"(saved, now): {diff}; use another checkpoint_dir or resume=False"
+            )
         trainer.history, trainer._stats_key = blob["history"], blob["stats_key"]
-        return LoopState(blob["state"], blob["key"], jnp.int32(blob["step"]),
-                         Monitor.from_dict(blob["mon"]), blob["done"])
+        return LoopState(
+            blob["state"],
+            blob["key"],
+            jnp.int32(blob["step"]),
+            Monitor.from_dict(blob["mon"]),
+            blob["done"],
+        )
 
 
 def portable(trainer) -> dict:
     """What :meth:`Trainer.save` writes: configuration, optimiser state, monitor,
     history, weights, statistics."""
     t = trainer
-    return jax.device_get(dict(
-        version=SAVE_VERSION, cls=type(t).__name__,
-        config=dict(n_s=t.n_s, n_d=t.n_d, n_params=t.n_params, n_summaries=t.n_summaries,
-                    input_shape=t.input_shape, θ_fid=t.θ_fid.tolist()),
-        state=t.state, step=t._step,
-        monitor=None if t._monitor is None else t._monitor.to_dict(), history=t.history,
-        initial_w=t.initial_w, final_w=t.final_w, best_w=t.best_w, w=t.w,
-        stats_key=t._stats_key,
-        statistics=dict(F=t.F, invF=t.invF, C=t.C, invC=t.invC, dμ_dθ=t.dμ_dθ, μ=t.μ)))
+    return jax.device_get(
+        dict(
+            version=SAVE_VERSION,
+            cls=type(t).__name__,
+            config=dict(
+                n_s=t.n_s,
+                n_d=t.n_d,
+                n_params=t.n_params,
+                n_summaries=t.n_summaries,
+                input_shape=t.input_shape,
+                θ_fid=t.θ_fid.tolist(),
+            ),
+            state=t.state,
+            step=t._step,
+            monitor=None if t._monitor is None else t._monitor.to_dict(),
+            history=t.history,
+            initial_w=t.initial_w,
+            final_w=t.final_w,
+            best_w=t.best_w,
+            w=t.w,
+            stats_key=t._stats_key,
+            statistics=dict(F=t.F, invF=t.invF, C=t.C, invC=t.invC, dμ_dθ=t.dμ_dθ, μ=t.μ),
+        )
+    )
 
 
 def _same(a, b):

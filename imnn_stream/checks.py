@@ -1,5 +1,6 @@
 """Argument checks shared by every trainer: each raises TypeError/ValueError that
 names the argument, what was expected and what was received."""
+
 from __future__ import annotations
 
 import numbers
@@ -22,7 +23,8 @@ def shape_tuple(value, name):
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value,)
     if not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value):
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value
+    ):
         raise TypeError(f"`{name}` must be a tuple of positive ints, got {value!r}")
     return tuple(int(v) for v in value)
 
@@ -32,7 +34,9 @@ def vector(value, name, n, dtype=np.float32):
     try:
         a = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be an array of {n} numbers, got {type(value).__name__}") from None
+        raise TypeError(
+            f"`{name}` must be an array of {n} numbers, got {type(value).__name__}"
+        ) from None
     if a.shape != (n,):
         raise ValueError(f"`{name}` must have shape ({n},), got {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -52,10 +56,15 @@ def array(value, name, shape):
 
 
 def device_list(devices, name="devices"):
-    if not isinstance(devices, (list, tuple)) or not devices or not all(
-            isinstance(d, jax.Device) for d in devices):
-        raise TypeError(f"`{name}` must be a non-empty list of jax devices (e.g. jax.devices()), "
-                        f"got {devices!r}")
+    if (
+        not isinstance(devices, (list, tuple))
+        or not devices
+        or not all(isinstance(d, jax.Device) for d in devices)
+    ):
+        raise TypeError(
+            f"`{name}` must be a non-empty list of jax devices (e.g. jax.devices()), "
+            f"got {devices!r}"
+        )
     return list(devices)
 
 

@@ -1,5 +1,6 @@
 """The public IMNN classes of the reference package, as thin combinations of a
 data mode and an execution strategy (no class re-implements a loop)."""
+
 from __future__ import annotations
 
 import jax
@@ -11,11 +12,18 @@ from .modes import gradient_mode, numerical_mode, simulator_mode, split_gradient
 from .strategies import InMemory, TwoPassStrategy, array_sources, simulator_sources
 from .trainer import Trainer
 
-__all__ = ["SimulatorIMNN", "GradientIMNN", "NumericalGradientIMNN", "AggregatedSimulatorIMNN",
-           "AggregatedGradientIMNN", "AggregatedNumericalGradientIMNN"]
+__all__ = [
+    "SimulatorIMNN",
+    "GradientIMNN",
+    "NumericalGradientIMNN",
+    "AggregatedSimulatorIMNN",
+    "AggregatedGradientIMNN",
+    "AggregatedNumericalGradientIMNN",
+]
 
 
 # -- argument checks shared by the classes ---------------------------------------------
+
 
 def _check_simulator(trainer, simulator):
     if not callable(simulator):
@@ -25,8 +33,10 @@ def _check_simulator(trainer, simulator):
     except Exception as e:
         raise ValueError(f"`simulator` failed on (key, θ_fid={trainer.θ_fid.tolist()}): {e}") from e
     if tuple(out.shape) != trainer.input_shape:
-        raise ValueError(f"`simulator` returns shape {tuple(out.shape)}, expected input_shape "
-                         f"{trainer.input_shape}")
+        raise ValueError(
+            f"`simulator` returns shape {tuple(out.shape)}, expected input_shape "
+            f"{trainer.input_shape}"
+        )
     return simulator
 
 
@@ -45,8 +55,10 @@ def _numerical_data(t, fiducial, derivative, prefix=""):
 def _validation(t, build, fiducial, derivative):
     if (fiducial is None) != (derivative is None):
         missing = "validation_derivative" if derivative is None else "validation_fiducial"
-        raise ValueError(f"`{missing}` is missing: pass both validation_fiducial and "
-                         "validation_derivative, or neither")
+        raise ValueError(
+            f"`{missing}` is missing: pass both validation_fiducial and "
+            "validation_derivative, or neither"
+        )
     return None if fiducial is None else build(t, fiducial, derivative, "validation_")
 
 
@@ -77,10 +89,12 @@ def _aggregation(t, host, devices, n_per_device, counts=None):
             raise ValueError(
                 f"{count} samples of kind '{kind}' (n_s={t.n_s}, n_d={t.n_d}, "
                 f"n_params={t.n_params}) are not divisible by len(devices) × n_per_device = "
-                f"{len(t.devices)} × {t.n_per_device} = {per}; choose `n_per_device` to divide them")
+                f"{len(t.devices)} × {t.n_per_device} = {per}; choose `n_per_device` to divide them"
+            )
 
 
 # -- in memory -----------------------------------------------------------------------------
+
 
 class SimulatorIMNN(Trainer):
     """Fresh simulations every iteration; ∂x/∂θ by differentiating network∘simulator.
@@ -89,10 +103,22 @@ class SimulatorIMNN(Trainer):
     ``fit`` needs ``rng``; validation uses another fresh set each iteration.
     """
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, simulator):
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state)
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        simulator,
+    ):
+        super().__init__(
+            n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
+        )
         self.simulator = _check_simulator(self, simulator)
         mode = simulator_mode(self.model, simulator, self.θ_fid, self.n_s, self.n_d, self.n_params)
         self._configure(mode, self._strategy_for(mode))
@@ -109,11 +135,25 @@ class GradientIMNN(Trainer):
     """Fixed simulations with their gradients: fiducial float(n_s, *input_shape),
     derivative float(n_d, *input_shape, n_params) = dsim/dθ of the first n_d."""
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, validation_fiducial=None,
-                 validation_derivative=None):
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state)
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        fiducial,
+        derivative,
+        validation_fiducial=None,
+        validation_derivative=None,
+    ):
+        super().__init__(
+            n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
+        )
         train = _gradient_data(self, fiducial, derivative)
         validation = _validation(self, _gradient_data, validation_fiducial, validation_derivative)
         mode = gradient_mode(self.model, self.n_s, self.n_d, self.n_params)
@@ -128,11 +168,26 @@ class NumericalGradientIMNN(Trainer):
     float(n_s, *input_shape), derivative float(n_d, 2, n_params, *input_shape) made at
     θ_fid − δθ/2 ([:, 0]) and θ_fid + δθ/2 ([:, 1]); δθ float(n_params,)."""
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, δθ, validation_fiducial=None,
-                 validation_derivative=None):
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state)
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        fiducial,
+        derivative,
+        δθ,
+        validation_fiducial=None,
+        validation_derivative=None,
+    ):
+        super().__init__(
+            n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
+        )
         self.δθ = _δθ(self, δθ)
         train = _numerical_data(self, fiducial, derivative)
         validation = _validation(self, _numerical_data, validation_fiducial, validation_derivative)
@@ -145,26 +200,56 @@ class NumericalGradientIMNN(Trainer):
 
 # -- aggregated: data in host memory, two passes over host + devices -------------------------
 
+
 class _Aggregated:
     """Mixin turning an in-memory class into its aggregated twin."""
 
     def _two_pass(self, mode, train, validation):
         n = len(self.devices)
         return TwoPassStrategy(
-            mode, self.host, self.devices,
+            mode,
+            self.host,
+            self.devices,
             array_sources(_to_host(train), mode, n, self.n_per_device),
-            None if validation is None else array_sources(_to_host(validation), mode, n, self.n_per_device))
+            None
+            if validation is None
+            else array_sources(_to_host(validation), mode, n, self.n_per_device),
+        )
 
 
 class AggregatedSimulatorIMNN(_Aggregated, SimulatorIMNN):
     """SimulatorIMNN over ``devices`` n_per_device simulations at a time; ``host``
     computes the loss. Arguments as SimulatorIMNN plus host, devices, n_per_device."""
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, simulator, host, devices, n_per_device):
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        simulator,
+        host,
+        devices,
+        n_per_device,
+    ):
         self._agg = (host, devices, n_per_device)
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state, simulator)
+        super().__init__(
+            n_s,
+            n_d,
+            n_params,
+            n_summaries,
+            input_shape,
+            θ_fid,
+            model,
+            optimiser,
+            key_or_state,
+            simulator,
+        )
 
     def _strategy_for(self, mode):
         _aggregation(self, *self._agg, mode.counts)
@@ -177,13 +262,43 @@ class AggregatedGradientIMNN(_Aggregated, GradientIMNN):
     time. ``prefetch`` and ``cache`` are accepted for compatibility (data are already
     in memory; read-ahead is built in)."""
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, host, devices, n_per_device,
-                 validation_fiducial=None, validation_derivative=None, prefetch=None, cache=False):
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        fiducial,
+        derivative,
+        host,
+        devices,
+        n_per_device,
+        validation_fiducial=None,
+        validation_derivative=None,
+        prefetch=None,
+        cache=False,
+    ):
         self._agg = (host, devices, n_per_device)
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state, fiducial, derivative, validation_fiducial,
-                         validation_derivative)
+        super().__init__(
+            n_s,
+            n_d,
+            n_params,
+            n_summaries,
+            input_shape,
+            θ_fid,
+            model,
+            optimiser,
+            key_or_state,
+            fiducial,
+            derivative,
+            validation_fiducial,
+            validation_derivative,
+        )
 
     def _strategy_for(self, mode, train, validation):
         _aggregation(self, *self._agg, mode.counts)
@@ -194,13 +309,45 @@ class AggregatedNumericalGradientIMNN(_Aggregated, NumericalGradientIMNN):
     """NumericalGradientIMNN with data in host memory, passed to ``devices``
     n_per_device records at a time (derivative records: n_d·2·n_params)."""
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, δθ, host, devices, n_per_device,
-                 validation_fiducial=None, validation_derivative=None, prefetch=None, cache=False):
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        fiducial,
+        derivative,
+        δθ,
+        host,
+        devices,
+        n_per_device,
+        validation_fiducial=None,
+        validation_derivative=None,
+        prefetch=None,
+        cache=False,
+    ):
         self._agg = (host, devices, n_per_device)
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state, fiducial, derivative, δθ, validation_fiducial,
-                         validation_derivative)
+        super().__init__(
+            n_s,
+            n_d,
+            n_params,
+            n_summaries,
+            input_shape,
+            θ_fid,
+            model,
+            optimiser,
+            key_or_state,
+            fiducial,
+            derivative,
+            δθ,
+            validation_fiducial,
+            validation_derivative,
+        )
 
     def _strategy_for(self, mode, train, validation):
         _aggregation(self, *self._agg, mode.counts)

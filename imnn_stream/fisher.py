@@ -5,6 +5,7 @@ n_summaries network outputs, n_params physical parameters.
 These are exactly the forms of the reference implementation (imnn 0.3.2), so
 losses and Fisher matrices agree to floating-point precision.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,18 @@ import math
 import jax.numpy as jnp
 
 __all__ = [
-    "mean", "covariance", "derivative_of_mean", "fisher", "log_det",
-    "regularisation", "regularisation_strength", "alpha", "loss",
-    "fisher_statistics", "quasi_ml_estimate", "numerical_derivative",
+    "mean",
+    "covariance",
+    "derivative_of_mean",
+    "fisher",
+    "log_det",
+    "regularisation",
+    "regularisation_strength",
+    "alpha",
+    "loss",
+    "fisher_statistics",
+    "quasi_ml_estimate",
+    "numerical_derivative",
 ]
 
 
@@ -77,16 +87,18 @@ def alpha(λ: float, ϵ: float) -> float:
         raise ValueError(f"λ must be a finite positive number, got λ={λ!r}")
     if not (math.isfinite(ϵ) and ϵ > 0):
         raise ValueError(f"ϵ must be a finite positive number, got ϵ={ϵ!r}")
-    inner = ϵ * (λ - 1.0) + ϵ ** 2 / (1.0 + ϵ)
+    inner = ϵ * (λ - 1.0) + ϵ**2 / (1.0 + ϵ)
     if inner <= 0:
         raise ValueError(
             f"λ={λ!r} and ϵ={ϵ!r} give ϵ(λ−1)+ϵ²/(1+ϵ) = {inner:.4g} ≤ 0, so α is undefined; "
-            "use λ > 1")
+            "use λ > 1"
+        )
     a = -math.log(inner) / ϵ
     if a <= 0:
         raise ValueError(
             f"λ={λ!r} and ϵ={ϵ!r} give α = {a:.4g} ≤ 0 (ϵ(λ−1)+ϵ²/(1+ϵ) = {inner:.4g} ≥ 1): "
-            "the covariance regulariser would be switched off; choose a smaller λ or ϵ")
+            "the covariance regulariser would be switched off; choose a smaller λ or ϵ"
+        )
     return a
 
 

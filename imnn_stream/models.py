@@ -4,6 +4,7 @@
 and returns ``float(n_summaries)`` / ``float(n, n_summaries)``. Weights are plain
 pytrees (lists of (W, b) tuples), so any pytree-aware optimiser works on them.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,8 +24,14 @@ def _glorot(key, shape, fan_in, fan_out):
     return jax.random.normal(key, shape) * math.sqrt(2.0 / (fan_in + fan_out))
 
 
-ACTIVATIONS = {"leaky_relu": _leaky_relu, "gelu": jax.nn.gelu, "softplus": jax.nn.softplus,
-               "tanh": jnp.tanh, "relu": jax.nn.relu, "square": jnp.square}
+ACTIVATIONS = {
+    "leaky_relu": _leaky_relu,
+    "gelu": jax.nn.gelu,
+    "softplus": jax.nn.softplus,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "square": jnp.square,
+}
 
 
 def mlp(hidden=(128, 128), n_summaries=2, activation="leaky_relu"):
@@ -41,7 +48,9 @@ def mlp(hidden=(128, 128), n_summaries=2, activation="leaky_relu"):
         w = []
         for width in widths:
             rng, k1, k2 = jax.random.split(rng, 3)
-            w.append((_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,))))
+            w.append(
+                (_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,)))
+            )
             n_in = width
         return (widths[-1],), w
 
@@ -82,12 +91,19 @@ def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
         for c in channels:
             rng, k1, k2 = jax.random.split(rng, 3)
             fan_in, fan_out = kernel * kernel * C, kernel * kernel * c
-            w.append((_glorot(k1, (kernel, kernel, C, c), fan_in, fan_out), 1e-6 * jax.random.normal(k2, (c,))))
+            w.append(
+                (
+                    _glorot(k1, (kernel, kernel, C, c), fan_in, fan_out),
+                    1e-6 * jax.random.normal(k2, (c,)),
+                )
+            )
             H, W, C = -(-H // 2), -(-W // 2), c
         n_in = H * W * C
         for width in (int(dense), int(n_summaries)):
             rng, k1, k2 = jax.random.split(rng, 3)
-            w.append((_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,))))
+            w.append(
+                (_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,)))
+            )
             n_in = width
         return (int(n_summaries),), w
 
@@ -99,11 +115,15 @@ def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
         if in_ch == 1:
             h = h[..., None]
         for W, b in w[: len(channels)]:
-            h = jax.lax.conv_general_dilated(h, W, (2, 2), "SAME",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+            h = (
+                jax.lax.conv_general_dilated(
+                    h, W, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+                + b
+            )
             h = _leaky_relu(h)
         h = h.reshape(h.shape[0], math.prod(h.shape[1:]))  # also for empty batches
-        (W1, b1), (W2, b2) = w[len(channels):]
+        (W1, b1), (W2, b2) = w[len(channels) :]
         h = _leaky_relu(h @ W1 + b1) @ W2 + b2
         return h[0] if single else h
 
@@ -121,8 +141,10 @@ def polynomial(degree=2, n_summaries=2):
 
     def init(rng, input_shape):
         n = int(math.prod(input_shape)) * degree
-        return (int(n_summaries),), (jax.random.normal(rng, (n, int(n_summaries))) / math.sqrt(n),
-                                     jnp.zeros(int(n_summaries)))
+        return (int(n_summaries),), (
+            jax.random.normal(rng, (n, int(n_summaries))) / math.sqrt(n),
+            jnp.zeros(int(n_summaries)),
+        )
 
     def apply(w, x):
         W, b = w
@@ -141,7 +163,9 @@ def from_spec(spec: str, n_summaries: int):
     returning ``(init, apply)``).
     """
     name, _, args = spec.partition(":")
-    numbers = [int(a) for a in args.split(",") if a] if name in ("mlp", "cnn", "polynomial") else None
+    numbers = (
+        [int(a) for a in args.split(",") if a] if name in ("mlp", "cnn", "polynomial") else None
+    )
     if name == "polynomial":
         return polynomial(numbers[0] if numbers else 2, n_summaries)
     if name == "mlp":
@@ -149,7 +173,9 @@ def from_spec(spec: str, n_summaries: int):
     if name == "cnn":
         return cnn(numbers or (8, 16), n_summaries=n_summaries)
     if not args:
-        raise ValueError(f"model spec {spec!r}: expected 'mlp:W1,W2', 'cnn:C1,C2' or 'module:function'")
+        raise ValueError(
+            f"model spec {spec!r}: expected 'mlp:W1,W2', 'cnn:C1,C2' or 'module:function'"
+        )
     try:
         factory = getattr(importlib.import_module(name), args)
     except (ImportError, AttributeError) as e:

@@ -19,6 +19,7 @@ w.r.t. raw outputs (the pass-2 cotangents) with one ``jax.grad``.
 | gradient   | main, remaining          | (x, dx) / x                       |
 | simulator  | main, remaining (keys)   | (x, dx) / x                       |
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,12 +39,13 @@ __all__ = ["Mode", "numerical_mode", "gradient_mode", "simulator_mode"]
 @dataclass(frozen=True)
 class Mode:
     """A data mode: per-kind batch functions, counts and the assembly of outputs."""
+
     name: str
-    kinds: tuple                     # kind names, in assembly order
-    counts: dict                     # kind -> number of samples (positions)
-    outputs: dict                    # kind -> fn(w, batch: dict) -> raw pytree
-    assemble: Callable               # dict kind -> raw (all positions) -> (x, dx)
-    fields: dict                     # kind -> batch dict keys the kind reads
+    kinds: tuple  # kind names, in assembly order
+    counts: dict  # kind -> number of samples (positions)
+    outputs: dict  # kind -> fn(w, batch: dict) -> raw pytree
+    assemble: Callable  # dict kind -> raw (all positions) -> (x, dx)
+    fields: dict  # kind -> batch dict keys the kind reads
 
     def all_outputs(self, w, data):
         """(x, dx) for whole in-memory data ``data: dict kind -> batch dict``."""
@@ -55,6 +57,7 @@ def _jvp_per_parameter(f, primal, tangents):
 
     tangents: float(*primal.shape, n_params) -> (f(primal), float(*f.shape, n_params))
     """
+
     def one(t):
         return jax.jvp(f, (primal,), (t,))
 
@@ -81,10 +84,14 @@ def numerical_mode(apply, n_s, n_d, n_params, δθ):
         y = raw["derivative"].reshape((n_d, 2, n_params) + raw["derivative"].shape[1:])
         return raw["fiducial"], fisher.numerical_derivative(y, δθ.astype(y.dtype))
 
-    return Mode("numerical", ("fiducial", "derivative"),
-                {"fiducial": n_s, "derivative": n_d * 2 * n_params},
-                {"fiducial": network, "derivative": network}, assemble,
-                {"fiducial": ("data",), "derivative": ("data",)})
+    return Mode(
+        "numerical",
+        ("fiducial", "derivative"),
+        {"fiducial": n_s, "derivative": n_d * 2 * n_params},
+        {"fiducial": network, "derivative": network},
+        assemble,
+        {"fiducial": ("data",), "derivative": ("data",)},
+    )
 
 
 def _main_remaining_assemble(raw):
@@ -100,15 +107,21 @@ def gradient_mode(apply, n_s, n_d, n_params):
     batch['gradient'] float(n, *input_shape, n_params)) and ``remaining`` (seeds
     n_d..n_s−1, batch['data'] only; position = seed − n_d).
     """
+
     def main(w, batch):
         return _jvp_per_parameter(lambda d: apply(w, d), batch["data"], batch["gradient"])
 
     def remaining(w, batch):
         return apply(w, batch["data"])
 
-    return Mode("gradient", ("main", "remaining"), {"main": n_d, "remaining": n_s - n_d},
-                {"main": main, "remaining": remaining}, _main_remaining_assemble,
-                {"main": ("data", "gradient"), "remaining": ("data",)})
+    return Mode(
+        "gradient",
+        ("main", "remaining"),
+        {"main": n_d, "remaining": n_s - n_d},
+        {"main": main, "remaining": remaining},
+        _main_remaining_assemble,
+        {"main": ("data", "gradient"), "remaining": ("data",)},
+    )
 
 
 def simulator_mode(apply, simulator, θ_fid, n_s, n_d, n_params):
@@ -130,9 +143,14 @@ def simulator_mode(apply, simulator, θ_fid, n_s, n_d, n_params):
     def remaining(w, batch):
         return apply(w, simulate(batch["key"], θ_fid))
 
-    return Mode("simulator", ("main", "remaining"), {"main": n_d, "remaining": n_s - n_d},
-                {"main": main, "remaining": remaining}, _main_remaining_assemble,
-                {"main": ("key",), "remaining": ("key",)})
+    return Mode(
+        "simulator",
+        ("main", "remaining"),
+        {"main": n_d, "remaining": n_s - n_d},
+        {"main": main, "remaining": remaining},
+        _main_remaining_assemble,
+        {"main": ("key",), "remaining": ("key",)},
+    )
 
 
 def simulator_keys(key, n_s, n_d):
@@ -144,14 +162,18 @@ def simulator_keys(key, n_s, n_d):
 def split_numerical(fiducial, derivative):
     """In-memory numerical arrays -> per-kind batch dicts (derivative flattened to records)."""
     d = derivative
-    return {"fiducial": {"data": fiducial},
-            "derivative": {"data": d.reshape((-1,) + tuple(d.shape[3:]))}}
+    return {
+        "fiducial": {"data": fiducial},
+        "derivative": {"data": d.reshape((-1,) + tuple(d.shape[3:]))},
+    }
 
 
 def split_gradient(fiducial, derivative, n_d):
     """In-memory gradient arrays -> per-kind batch dicts (main = first n_d seeds)."""
-    return {"main": {"data": fiducial[:n_d], "gradient": derivative},
-            "remaining": {"data": fiducial[n_d:]}}
+    return {
+        "main": {"data": fiducial[:n_d], "gradient": derivative},
+        "remaining": {"data": fiducial[n_d:]},
+    }
 
 
 def record_positions(kind: str, batch: dict, n_d: int, n_params: int):
@@ -162,6 +184,7 @@ def record_positions(kind: str, batch: dict, n_d: int, n_params: int):
     """
     seed = np.asarray(batch["seed"], dtype=np.int64)
     if kind == "derivative":
-        return record_position(seed, np.asarray(batch["derivative"]),
-                               np.asarray(batch["parameter"]), n_params)
+        return record_position(
+            seed, np.asarray(batch["derivative"]), np.asarray(batch["parameter"]), n_params
+        )
     return record_position(seed, first_seed=n_d if kind == "remaining" else 0)

@@ -5,6 +5,7 @@ triple as ``jax.example_libraries.optimizers`` makes; or a command-line spec
 such as ``adam:1e-3``. All become an :class:`Optimiser` whose state is a pytree,
 so it can be carried through ``lax.while_loop`` and saved.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -16,6 +17,7 @@ __all__ = ["Optimiser", "as_optimiser", "from_spec"]
 
 class Optimiser(NamedTuple):
     """init(w) -> state · update(step, grad, state) -> state · params(state) -> w."""
+
     init: Callable[[Any], Any]
     update: Callable[[Any, Any, Any], Any]
     params: Callable[[Any], Any]
@@ -40,13 +42,21 @@ def as_optimiser(optimiser, argument: str = "optimiser") -> Optimiser:
     if isinstance(optimiser, str):
         return from_spec(optimiser)
     if isinstance(optimiser, optax.GradientTransformation) or (
-            hasattr(optimiser, "init") and hasattr(optimiser, "update") and not isinstance(optimiser, tuple)):
+        hasattr(optimiser, "init")
+        and hasattr(optimiser, "update")
+        and not isinstance(optimiser, tuple)
+    ):
         return _from_optax(optimiser)
-    if isinstance(optimiser, (tuple, list)) and len(optimiser) == 3 and all(callable(f) for f in optimiser):
+    if (
+        isinstance(optimiser, (tuple, list))
+        and len(optimiser) == 3
+        and all(callable(f) for f in optimiser)
+    ):
         return Optimiser(*optimiser)
     raise TypeError(
         f"`{argument}` must be an optax.GradientTransformation or an (init, update, get_params) "
-        f"triple of callables, got {type(optimiser).__name__}")
+        f"triple of callables, got {type(optimiser).__name__}"
+    )
 
 
 def from_spec(spec: str) -> Optimiser:

@@ -1,4 +1,5 @@
 """History plot: det F, det C / det C⁻¹, Λ2 / r against iteration."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,19 @@ import numpy as np
 __all__ = ["plot_history"]
 
 
-def plot_history(history, validate, ax=None, expected_detF=None, colour="C0", figsize=(5, 12),
-                 label="", filename=None, ncol=2):
+def plot_history(
+    history,
+    validate,
+    ax=None,
+    expected_detF=None,
+    colour="C0",
+    figsize=(5, 12),
+    label="",
+    filename=None,
+    ncol=2,
+):
     import matplotlib
+
     if ax is None and filename is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -23,8 +34,9 @@ def plot_history(history, validate, ax=None, expected_detF=None, colour="C0", fi
     for prefix, ls, name in prefixes:
         ax[0].plot(it, history[prefix + "detF"], ls, color=colour, label=f"{label} {name}".strip())
         ax[1].plot(it, history[prefix + "detC"], ls, color=colour, label=f"det C ({name})")
-        ax[1].plot(it, history[prefix + "detinvC"], ls, color=colour, alpha=0.5,
-                   label=f"det C⁻¹ ({name})")
+        ax[1].plot(
+            it, history[prefix + "detinvC"], ls, color=colour, alpha=0.5, label=f"det C⁻¹ ({name})"
+        )
         ax[2].plot(it, history[prefix + "Λ2"], ls, color=colour, label=f"Λ2 ({name})")
         ax[2].plot(it, history[prefix + "r"], ls, color=colour, alpha=0.5, label=f"r ({name})")
     if expected_detF is not None:

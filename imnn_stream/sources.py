@@ -6,6 +6,7 @@ global positions (see :mod:`imnn_stream.modes`), its arrays, and a value
 that must be identical in every later pass (positions where the data carry
 their seed indices, a fingerprint of the bytes where they do not).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,11 @@ def device_blocks(count: int, n_devices: int, argument: str):
     try:
         return _device_blocks(count, n_devices)
     except LayoutError as e:
-        why = (e.detail if n_devices < 1 else
-               f"{count} samples cannot be split evenly over {n_devices} devices")
+        why = (
+            e.detail
+            if n_devices < 1
+            else f"{count} samples cannot be split evenly over {n_devices} devices"
+        )
         raise ValueError(f"`{argument}`: {why}") from None
 
 
@@ -55,8 +59,9 @@ class StreamSource:
     kind, ``derivative``/``parameter`` or ``gradient``.
     """
 
-    def __init__(self, iterator: Iterator[dict], kind: str, fields, n_batches: int,
-                 n_d: int, n_params: int):
+    def __init__(
+        self, iterator: Iterator[dict], kind: str, fields, n_batches: int, n_d: int, n_params: int
+    ):
         self.it, self.kind, self.fields, self.n_batches = iterator, kind, tuple(fields), n_batches
         self.n_d, self.n_params = n_d, n_params
         self.wait_seconds = 0.0  # time spent blocked on the reader: input not hidden by compute
@@ -98,8 +103,10 @@ class IteratorSource:
             item = next(self.it)
             arrays = tuple(item) if isinstance(item, (tuple, list)) else (item,)
             if len(arrays) != len(self.fields):
-                raise ValueError(f"user iterator yielded {len(arrays)} arrays per batch, expected "
-                                 f"{len(self.fields)} ({', '.join(self.fields)})")
+                raise ValueError(
+                    f"user iterator yielded {len(arrays)} arrays per batch, expected "
+                    f"{len(self.fields)} ({', '.join(self.fields)})"
+                )
             n = len(arrays[0])
             positions = np.arange(position, position + n, dtype=np.int64)
             position += n

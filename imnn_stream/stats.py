@@ -1,4 +1,5 @@
 """Loss and the per-iteration statistics recorded in the fitting history."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -20,7 +21,14 @@ def loss_and_stats(x, dx, λ, α):
     """
     value, s = fisher.loss(x, dx, λ, α)
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(dx)) & jnp.isfinite(value)
-    stats = dict(detF=jnp.linalg.det(s["F"]), detC=jnp.linalg.det(s["C"]),
-                 detinvC=jnp.linalg.det(s["invC"]), Λ2=s["Λ2"], r=s["r"],
-                 logdetF=fisher.log_det(s["F"]), finite=finite, loss=value)
+    stats = dict(
+        detF=jnp.linalg.det(s["F"]),
+        detC=jnp.linalg.det(s["C"]),
+        detinvC=jnp.linalg.det(s["invC"]),
+        Λ2=s["Λ2"],
+        r=s["r"],
+        logdetF=fisher.log_det(s["F"]),
+        finite=finite,
+        loss=value,
+    )
     return value, stats

@@ -11,6 +11,7 @@ InMemory; ``host_value_and_grad`` is its compiled form for one-off calls),
 ``stats(w, key, λ, α, data) -> stats`` and ``summaries(w, key, data) -> (x, dx)``,
 where ``data`` is the strategy's ``train`` or ``validation`` attribute.
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,13 +38,17 @@ class InMemory:
 
     def _data(self, key, data):
         if self.simulate:
-            return simulator_keys(key, self.mode.counts["main"] + self.mode.counts["remaining"],
-                                  self.mode.counts["main"])
+            return simulator_keys(
+                key,
+                self.mode.counts["main"] + self.mode.counts["remaining"],
+                self.mode.counts["main"],
+            )
         return data
 
     def value_and_grad(self, w, key, λ, α, data):
         def loss(v):
             return loss_and_stats(*self.mode.all_outputs(v, self._data(key, data)), λ, α)
+
         (_, st), g = jax.value_and_grad(loss, has_aux=True)(w)
         return g, st
 

@@ -17,6 +17,7 @@ records at a time of:
   float(n, *input_shape, n_params))
 * gradient ``remaining[d]``: seeds n_d + [d·(n_s−n_d)/D, (d+1)·(n_s−n_d)/D)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,12 +33,16 @@ __all__ = ["DatasetNumericalGradientIMNN", "DatasetGradientIMNN"]
 
 def _iterator_sources(mode, kind, iterators, n_devices, n_per_device, argument):
     if not isinstance(iterators, (list, tuple)) or len(iterators) != n_devices:
-        raise TypeError(f"`{argument}` must be a list of {n_devices} per-device iterators "
-                        f"(one per device), got {type(iterators).__name__}"
-                        + (f" of length {len(iterators)}" if isinstance(iterators, (list, tuple)) else ""))
+        raise TypeError(
+            f"`{argument}` must be a list of {n_devices} per-device iterators "
+            f"(one per device), got {type(iterators).__name__}"
+            + (f" of length {len(iterators)}" if isinstance(iterators, (list, tuple)) else "")
+        )
     blocks = device_blocks(mode.counts[kind], n_devices, argument)
-    return [IteratorSource(iter(it), mode.fields[kind], a, b - a, n_per_device)
-            for it, (a, b) in zip(iterators, blocks)]
+    return [
+        IteratorSource(iter(it), mode.fields[kind], a, b - a, n_per_device)
+        for it, (a, b) in zip(iterators, blocks)
+    ]
 
 
 def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params):
@@ -52,8 +57,10 @@ def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, 
             sources[kind] = []  # `remaining` when n_s = n_d
             continue
         n_batches = -(-epoch_records(manifest, split, kind, n_devices) // n_per_device)
-        sources[kind] = [StreamSource(it, kind, mode.fields[kind], n_batches, n_d, n_params)
-                         for it in streams[kind]]
+        sources[kind] = [
+            StreamSource(it, kind, mode.fields[kind], n_batches, n_d, n_params)
+            for it in streams[kind]
+        ]
     return sources, streams
 
 
@@ -66,8 +73,19 @@ class _Streaming:
         return TwoPassStrategy(mode, self.host, self.devices, train, validation)
 
     @classmethod
-    def from_archive(cls, path, model, optimiser, key_or_state, host, devices, n_per_device,
-                     n_summaries=None, validation=True, prefetch=2):
+    def from_archive(
+        cls,
+        path,
+        model,
+        optimiser,
+        key_or_state,
+        host,
+        devices,
+        n_per_device,
+        n_summaries=None,
+        validation=True,
+        prefetch=2,
+    ):
         """Stream training (and, if present and ``validation``, validation) data from
         the archive at ``path`` (local path or URL), laid out over ``devices``
         (any count that divides the archive's counts)."""
@@ -75,22 +93,35 @@ class _Streaming:
 
         m = read_manifest(path)
         if m.mode != cls._archive_mode:
-            raise ValueError(f"{path}: archive mode is {m.mode!r}, {cls.__name__} needs a "
-                             f"{cls._archive_mode!r} archive")
+            raise ValueError(
+                f"{path}: archive mode is {m.mode!r}, {cls.__name__} needs a "
+                f"{cls._archive_mode!r} archive"
+            )
         self = cls.__new__(cls)
-        Trainer.__init__(self, m.n_s, m.n_d, m.n_params, n_summaries or m.n_params,
-                         tuple(m.input_shape), np.asarray(m.theta_fid, np.float32), model,
-                         optimiser, key_or_state)
+        Trainer.__init__(
+            self,
+            m.n_s,
+            m.n_d,
+            m.n_params,
+            n_summaries or m.n_params,
+            tuple(m.input_shape),
+            np.asarray(m.theta_fid, np.float32),
+            model,
+            optimiser,
+            key_or_state,
+        )
         self.archive = path
         mode = self._make_mode(m)
         _aggregation(self, host, devices, n_per_device)
         n = len(self.devices)
-        train, self._streams = _archive_sources(path, "train", mode, n, self.n_per_device, prefetch,
-                                                self.n_d, self.n_params)
+        train, self._streams = _archive_sources(
+            path, "train", mode, n, self.n_per_device, prefetch, self.n_d, self.n_params
+        )
         val, val_streams = (None, {})
         if validation and "validation" in m.splits:
-            val, val_streams = _archive_sources(path, "validation", mode, n, self.n_per_device,
-                                                prefetch, self.n_d, self.n_params)
+            val, val_streams = _archive_sources(
+                path, "validation", mode, n, self.n_per_device, prefetch, self.n_d, self.n_params
+            )
         self._streams = [self._streams, val_streams]
         self._configure(mode, self._stream_strategy(mode, train, val))
         return self
@@ -98,6 +129,7 @@ class _Streaming:
     def close(self):
         """Stop the archive readers' threads."""
         from writers.streams import close_all
+
         for s in getattr(self, "_streams", []):
             close_all(s)
 
@@ -112,26 +144,53 @@ class DatasetNumericalGradientIMNN(_Streaming, Trainer):
 
     _archive_mode = "numerical"
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, δθ, host, devices, n_per_device,
-                 validation_fiducial=None, validation_derivative=None):
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state)
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        fiducial,
+        derivative,
+        δθ,
+        host,
+        devices,
+        n_per_device,
+        validation_fiducial=None,
+        validation_derivative=None,
+    ):
+        super().__init__(
+            n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
+        )
         self.δθ = _δθ(self, δθ)
         mode = numerical_mode(self.model, self.n_s, self.n_d, self.n_params, self.δθ)
         _aggregation(self, host, devices, n_per_device)
         n = len(self.devices)
 
         def sources(fid, der, prefix):
-            return {"fiducial": _iterator_sources(mode, "fiducial", fid, n, self.n_per_device,
-                                                  prefix + "fiducial"),
-                    "derivative": _iterator_sources(mode, "derivative", der, n, self.n_per_device,
-                                                    prefix + "derivative")}
+            return {
+                "fiducial": _iterator_sources(
+                    mode, "fiducial", fid, n, self.n_per_device, prefix + "fiducial"
+                ),
+                "derivative": _iterator_sources(
+                    mode, "derivative", der, n, self.n_per_device, prefix + "derivative"
+                ),
+            }
 
         if (validation_fiducial is None) != (validation_derivative is None):
-            raise ValueError("pass both `validation_fiducial` and `validation_derivative`, or neither")
-        val = None if validation_fiducial is None else sources(validation_fiducial,
-                                                               validation_derivative, "validation_")
+            raise ValueError(
+                "pass both `validation_fiducial` and `validation_derivative`, or neither"
+            )
+        val = (
+            None
+            if validation_fiducial is None
+            else sources(validation_fiducial, validation_derivative, "validation_")
+        )
         self._configure(mode, self._stream_strategy(mode, sources(fiducial, derivative, ""), val))
 
     def _make_mode(self, m):
@@ -146,24 +205,47 @@ class DatasetGradientIMNN(_Streaming, Trainer):
 
     _archive_mode = "gradient"
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, main, remaining, host, devices, n_per_device,
-                 validation_main=None, validation_remaining=None):
-        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                         key_or_state)
+    def __init__(
+        self,
+        n_s,
+        n_d,
+        n_params,
+        n_summaries,
+        input_shape,
+        θ_fid,
+        model,
+        optimiser,
+        key_or_state,
+        main,
+        remaining,
+        host,
+        devices,
+        n_per_device,
+        validation_main=None,
+        validation_remaining=None,
+    ):
+        super().__init__(
+            n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
+        )
         mode = gradient_mode(self.model, self.n_s, self.n_d, self.n_params)
         _aggregation(self, host, devices, n_per_device)
         n = len(self.devices)
 
         def sources(m, r, prefix):
-            return {"main": _iterator_sources(mode, "main", m, n, self.n_per_device, prefix + "main"),
-                    "remaining": _iterator_sources(mode, "remaining", r, n, self.n_per_device,
-                                                   prefix + "remaining")}
+            return {
+                "main": _iterator_sources(mode, "main", m, n, self.n_per_device, prefix + "main"),
+                "remaining": _iterator_sources(
+                    mode, "remaining", r, n, self.n_per_device, prefix + "remaining"
+                ),
+            }
 
         if (validation_main is None) != (validation_remaining is None):
             raise ValueError("pass both `validation_main` and `validation_remaining`, or neither")
-        val = None if validation_main is None else sources(validation_main, validation_remaining,
-                                                           "validation_")
+        val = (
+            None
+            if validation_main is None
+            else sources(validation_main, validation_remaining, "validation_")
+        )
         self._configure(mode, self._stream_strategy(mode, sources(main, remaining, ""), val))
 
     def _make_mode(self, m):

@@ -6,6 +6,7 @@ strategy (:mod:`imnn_stream.strategies`); this module knows neither which. The
 state carried between iterations is :mod:`imnn_stream.loop_state`; checkpoints
 and save files are :mod:`imnn_stream.checkpoint`.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,14 +36,25 @@ def estimate(apply, w, input_shape, θ_fid, statistics, d, chunk=4096):
     if d.shape == tuple(input_shape):
         x = apply(w, d)
     elif d.ndim == k + 1 and d.shape[1:] == tuple(input_shape):
-        x = np.concatenate([np.asarray(apply(w, d[i:i + chunk])) for i in range(0, len(d), chunk)]
-                           or [np.zeros((0, np.shape(statistics["μ"])[0]), np.float32)])
+        x = np.concatenate(
+            [np.asarray(apply(w, d[i : i + chunk])) for i in range(0, len(d), chunk)]
+            or [np.zeros((0, np.shape(statistics["μ"])[0]), np.float32)]
+        )
     else:
-        raise ValueError(f"`d` must have shape {tuple(input_shape)} (one input) or "
-                         f"(n, {', '.join(map(str, input_shape))}) (a batch), got {d.shape}")
-    return np.asarray(fisher.quasi_ml_estimate(jnp.asarray(x), θ_fid, statistics["invF"],
-                                               statistics["dμ_dθ"], statistics["invC"],
-                                               statistics["μ"]))
+        raise ValueError(
+            f"`d` must have shape {tuple(input_shape)} (one input) or "
+            f"(n, {', '.join(map(str, input_shape))}) (a batch), got {d.shape}"
+        )
+    return np.asarray(
+        fisher.quasi_ml_estimate(
+            jnp.asarray(x),
+            θ_fid,
+            statistics["invF"],
+            statistics["dμ_dθ"],
+            statistics["invC"],
+            statistics["μ"],
+        )
+    )
 
 
 class NonFiniteError(FloatingPointError):
@@ -60,8 +72,9 @@ class Trainer:
     optimiser state to continue from.
     """
 
-    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
-                 optimiser, key_or_state):
+    def __init__(
+        self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
+    ):
         self.n_s = checks.positive_int(n_s, "n_s", minimum=2)
         self.n_d = checks.positive_int(n_d, "n_d")
         if self.n_d > self.n_s:
@@ -77,24 +90,32 @@ class Trainer:
         if checks.is_key(key_or_state):
             output_shape, w = self._model_init(key_or_state, self.input_shape)
             if tuple(output_shape) != (self.n_summaries,):
-                raise ValueError(f"`model` output shape must be ({self.n_summaries},) "
-                                 f"(n_summaries), got {tuple(output_shape)}")
+                raise ValueError(
+                    f"`model` output shape must be ({self.n_summaries},) "
+                    f"(n_summaries), got {tuple(output_shape)}"
+                )
             self.state = self._opt.init(w)
         else:
             try:
                 w = self._opt.params(key_or_state)
             except Exception as e:
-                raise TypeError("`key_or_state` must be a PRNG key (jax.random.PRNGKey) or a state "
-                                f"of the optimiser; reading parameters from it failed: {e}") from e
+                raise TypeError(
+                    "`key_or_state` must be a PRNG key (jax.random.PRNGKey) or a state "
+                    f"of the optimiser; reading parameters from it failed: {e}"
+                ) from e
             leaves = jax.tree_util.tree_leaves(w)
             if not leaves or not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in leaves):
-                raise TypeError("`key_or_state` must be a PRNG key (jax.random.PRNGKey) or a state "
-                                f"of the optimiser holding array parameters, got {key_or_state!r:.80}")
+                raise TypeError(
+                    "`key_or_state` must be a PRNG key (jax.random.PRNGKey) or a state "
+                    f"of the optimiser holding array parameters, got {key_or_state!r:.80}"
+                )
             self.state = key_or_state
         out = jax.eval_shape(self.model, w, jax.ShapeDtypeStruct(self.input_shape, jnp.float32))
         if tuple(out.shape) != (self.n_summaries,):
-            raise ValueError(f"`model` maps one input of shape {self.input_shape} to shape "
-                             f"{tuple(out.shape)}, expected ({self.n_summaries},) (n_summaries)")
+            raise ValueError(
+                f"`model` maps one input of shape {self.input_shape} to shape "
+                f"{tuple(out.shape)}, expected ({self.n_summaries},) (n_summaries)"
+            )
         self.initial_w = self.final_w = self.best_w = self.w = w
         self.history = {k: np.zeros(0, np.float32) for k in _COLUMNS}
         self._step = 0
@@ -119,8 +140,20 @@ class Trainer:
 
     # -- fitting -----------------------------------------------------------------------
 
-    def fit(self, λ, ϵ, rng=None, patience=100, min_iterations=100, max_iterations=100000,
-            print_rate=None, best=True, checkpoint_dir=None, checkpoint_every=None, resume=False):
+    def fit(
+        self,
+        λ,
+        ϵ,
+        rng=None,
+        patience=100,
+        min_iterations=100,
+        max_iterations=100000,
+        print_rate=None,
+        best=True,
+        checkpoint_dir=None,
+        checkpoint_every=None,
+        resume=False,
+    ):
         """Fit the network by maximising log det F with the covariance regulariser.
 
         λ, ϵ: regulariser strength and closeness of C to identity (α(λ, ϵ) must be
@@ -155,15 +188,22 @@ class Trainer:
             raise ValueError("`resume=True` needs `checkpoint_dir`")
         if rng is None:
             if self._needs_rng:
-                raise ValueError("`rng` is required: this IMNN simulates new data each iteration "
-                                 "(pass e.g. rng=jax.random.PRNGKey(1))")
+                raise ValueError(
+                    "`rng` is required: this IMNN simulates new data each iteration "
+                    "(pass e.g. rng=jax.random.PRNGKey(1))"
+                )
             rng = jax.random.PRNGKey(0)
         elif not checks.is_key(rng):
             raise TypeError(f"`rng` must be a PRNG key (jax.random.PRNGKey), got {rng!r}")
         args = (λ, α, patience, min_iterations)
-        run = dict(λ=λ, ϵ=float(ϵ), patience=patience, min_iterations=min_iterations,
-                   max_iterations=max_iterations, rng=np.asarray(jax.random.key_data(rng)
-                                                                 if rng.dtype != np.uint32 else rng).tolist())
+        run = dict(
+            λ=λ,
+            ϵ=float(ϵ),
+            patience=patience,
+            min_iterations=min_iterations,
+            max_iterations=max_iterations,
+            rng=np.asarray(jax.random.key_data(rng) if rng.dtype != np.uint32 else rng).tolist(),
+        )
         ckpt = None if checkpoint_dir is None else Checkpoint(checkpoint_dir, run)
         key, self._stats_key = jax.random.split(rng)
         w = self._opt.params(self.state)
@@ -175,8 +215,13 @@ class Trainer:
         # argument placement and reuses the compiled loop
         host = getattr(self, "host", None) or jax.devices()[0]
         loop = LoopState(*jax.device_put(tuple(loop[:4]), host), loop.done)
-        bar = tqdm(total=max_iterations, initial=loop.done, disable=print_rate is None,
-                   desc="fit", unit="it")
+        bar = tqdm(
+            total=max_iterations,
+            initial=loop.done,
+            disable=print_rate is None,
+            desc="fit",
+            unit="it",
+        )
         try:
             loop_args = (loop, max_iterations, print_rate, bar, args, ckpt, checkpoint_every)
             if not self._strategy.compiled:
@@ -193,7 +238,8 @@ class Trainer:
         if int(loop.monitor.bad) >= 0:
             raise NonFiniteError(
                 f"non-finite summaries, derivatives or loss at iteration {int(loop.monitor.bad)} "
-                "(fitting stopped; weights and history kept up to the previous iteration)")
+                "(fitting stopped; weights and history kept up to the previous iteration)"
+            )
         self.final_w = self._opt.params(loop.state)
         self.best_w = loop.monitor.best_w
         self.w = self.best_w if best else self.final_w
@@ -243,8 +289,9 @@ class Trainer:
             w = opt.params(state)
             g, st = strategy.value_and_grad(w, kt, λ, α, train)
             vst = strategy.stats(w, kv, λ, α, val) if validate else st
-            state, step, mon, row = book(state, g, step, mon, w, st, vst, fit_iteration,
-                                         patience, min_iterations)
+            state, step, mon, row = book(
+                state, g, step, mon, w, st, vst, fit_iteration, patience, min_iterations
+            )
             return state, key, step, mon, row
 
         return one
@@ -262,8 +309,9 @@ class Trainer:
 
             def body(c):
                 state, key, step, mon, j, buf = c
-                state, key, step, mon, row = one(state, key, step, mon, fit0 + j, λ, α, patience,
-                                                 min_iterations, train, val)
+                state, key, step, mon, row = one(
+                    state, key, step, mon, fit0 + j, λ, α, patience, min_iterations, train, val
+                )
                 return state, key, step, mon, j + 1, buf.at[j].set(row)
 
             buf = jnp.full((chunk, len(_COLUMNS)), jnp.nan, jnp.float32)
@@ -280,11 +328,18 @@ class Trainer:
         while loop.done < max_iterations:
             n = min(chunk, max_iterations - loop.done)
             t0 = time.perf_counter()
-            *carry, j, buf = runner(*loop[:4], jnp.int32(n), jnp.int32(loop.done), *args,
-                                    self._strategy.train, self._strategy.validation)
+            *carry, j, buf = runner(
+                *loop[:4],
+                jnp.int32(n),
+                jnp.int32(loop.done),
+                *args,
+                self._strategy.train,
+                self._strategy.validation,
+            )
             j = int(j)
-            self._record(np.asarray(buf)[:j], bar, print_rate,
-                         seconds=(time.perf_counter() - t0) / max(j, 1))
+            self._record(
+                np.asarray(buf)[:j], bar, print_rate, seconds=(time.perf_counter() - t0) / max(j, 1)
+            )
             loop = LoopState(*carry, loop.done + j)
             if ckpt is not None and every is not None:
                 ckpt.save(self, loop)
@@ -300,19 +355,22 @@ class Trainer:
         w = self._opt.params(loop.state)
         g, st = strategy.value_and_grad(w, kt, λ, α, strategy.train)
         vst = strategy.stats(w, kv, λ, α, strategy.validation) if self.validate else st
-        state, step, mon, row = self._book(loop.state, g, loop.step, loop.monitor, w, st, vst,
-                                           loop.done, patience, min_iterations)
+        state, step, mon, row = self._book(
+            loop.state, g, loop.step, loop.monitor, w, st, vst, loop.done, patience, min_iterations
+        )
         return LoopState(state, key, step, mon, loop.done), row
 
     def _fused_iteration(self, loop: LoopState, args):
         if "fused" not in self._runners:
             self._runners["fused"] = jax.jit(self._iteration())
-        *carry, row = self._runners["fused"](*loop[:4], loop.done, *args, self._strategy.train,
-                                             self._strategy.validation)
+        *carry, row = self._runners["fused"](
+            *loop[:4], loop.done, *args, self._strategy.train, self._strategy.validation
+        )
         return LoopState(*carry, loop.done), row
 
-    def _fit_stepwise(self, loop, max_iterations, print_rate, bar, args, ckpt, every,
-                      iteration=None):
+    def _fit_stepwise(
+        self, loop, max_iterations, print_rate, bar, args, ckpt, every, iteration=None
+    ):
         """One iteration per Python step: the two passes of the aggregated and streaming
         strategies, or one jitted in-memory iteration (``iteration``)."""
         iteration = iteration or self._two_pass_iteration
@@ -325,8 +383,12 @@ class Trainer:
             stop = bool(loop.monitor.stop) or int(loop.monitor.bad) >= 0
             save = ckpt is not None and every is not None and loop.done % every == 0
             if stop or save or (print_rate is not None and len(rows) >= print_rate):
-                self._record(jax.device_get(rows), bar, print_rate,
-                             seconds=(time.perf_counter() - t0) / len(rows))
+                self._record(
+                    jax.device_get(rows),
+                    bar,
+                    print_rate,
+                    seconds=(time.perf_counter() - t0) / len(rows),
+                )
                 rows, t0 = [], time.perf_counter()
             if save:
                 ckpt.save(self, loop)
@@ -341,8 +403,9 @@ class Trainer:
         α = fisher.alpha(λ, ϵ)
         w = self.w if w is None else w
         key = self._stats_key if key is None else key
-        return jax.device_get(self._strategy.host_value_and_grad(w, key, float(λ), α,
-                                                                 self._strategy.train))
+        return jax.device_get(
+            self._strategy.host_value_and_grad(w, key, float(λ), α, self._strategy.train)
+        )
 
     # -- statistics and estimates ----------------------------------------------------
 
@@ -352,8 +415,11 @@ class Trainer:
         validation set (simulator classes: fresh simulations from ``key``)."""
         w = self.w if w is None else w
         key = self._stats_key if key is None else key
-        data = self._strategy.validation if validate and self._strategy.validation is not None \
+        data = (
+            self._strategy.validation
+            if validate and self._strategy.validation is not None
             else self._strategy.train
+        )
         if validate and not self.validate:
             raise ValueError("`validate=True` but this IMNN has no validation data")
         return self._strategy.host_summaries(w, key, data)
@@ -362,7 +428,9 @@ class Trainer:
         """Set F, invF, C, invC, dμ_dθ, μ from the validation set when there is one
         (else the training set) at weights ``w`` (default ``self.w``)."""
         x, dx = self.get_summaries(w, key, validate=validate and self.validate)
-        F, C, invC, dμ_dθ, μ = jax.device_get(fisher.fisher_statistics(jnp.asarray(x), jnp.asarray(dx)))
+        F, C, invC, dμ_dθ, μ = jax.device_get(
+            fisher.fisher_statistics(jnp.asarray(x), jnp.asarray(dx))
+        )
         self.F, self.C, self.invC, self.dμ_dθ, self.μ = F, C, invC, dμ_dθ, μ
         self.invF = np.linalg.inv(F)
         return self
@@ -374,20 +442,46 @@ class Trainer:
         float(n, n_params). Decided by comparing ``d.shape`` with ``input_shape``.
         """
         if self.F is None:
-            raise RuntimeError("Fisher statistics are not set: call `fit` or `set_F_statistics` first")
-        return estimate(self._apply, self.w, self.input_shape, self.θ_fid,
-                        dict(invF=self.invF, dμ_dθ=self.dμ_dθ, invC=self.invC, μ=self.μ), d)
+            raise RuntimeError(
+                "Fisher statistics are not set: call `fit` or `set_F_statistics` first"
+            )
+        return estimate(
+            self._apply,
+            self.w,
+            self.input_shape,
+            self.θ_fid,
+            dict(invF=self.invF, dμ_dθ=self.dμ_dθ, invC=self.invC, μ=self.μ),
+            d,
+        )
 
     # -- plotting, saving ----------------------------------------------------------------
 
-    def plot(self, ax=None, expected_detF=None, colour="C0", figsize=(5, 12), label="",
-             filename=None, ncol=2):
+    def plot(
+        self,
+        ax=None,
+        expected_detF=None,
+        colour="C0",
+        figsize=(5, 12),
+        label="",
+        filename=None,
+        ncol=2,
+    ):
         """Training history: det F (with the expected value), det C and det C⁻¹, Λ2
         and r; solid training, dashed validation. Saved to ``filename`` if given.
         Returns the matplotlib axes."""
         from .plots import plot_history
-        return plot_history(self.history, self.validate, ax=ax, expected_detF=expected_detF,
-                            colour=colour, figsize=figsize, label=label, filename=filename, ncol=ncol)
+
+        return plot_history(
+            self.history,
+            self.validate,
+            ax=ax,
+            expected_detF=expected_detF,
+            colour=colour,
+            figsize=figsize,
+            label=label,
+            filename=filename,
+            ncol=ncol,
+        )
 
     def save(self, path):
         """Write weights, optimiser state, statistics and history to ``path``

@@ -15,6 +15,7 @@ dispatched round-robin over devices (JAX dispatch is asynchronous, so devices
 compute in parallel) with at most ``in_flight`` unfinished groups per device,
 which bounds memory whatever the data size.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -36,8 +37,16 @@ class OrderError(ValueError):
 class TwoPass:
     """Pass-1 outputs, host loss gradient and pass-2 VJPs for one data mode."""
 
-    def __init__(self, mode, host, devices, in_flight: int = 2, group_bytes: int = 8 << 20,
-                 max_group: int = 64, fuse=None):
+    def __init__(
+        self,
+        mode,
+        host,
+        devices,
+        in_flight: int = 2,
+        group_bytes: int = 8 << 20,
+        max_group: int = 64,
+        fuse=None,
+    ):
         self.mode, self.host, self.devices = mode, host, list(devices)
         self.in_flight, self.group_bytes, self.max_group = in_flight, group_bytes, max_group
         # XLA:CPU runs convolutions inside loops (lax.map/scan) several times slower than
@@ -45,13 +54,16 @@ class TwoPass:
         # network as one batch. On accelerators the group is scanned n_per_device at a time.
         self.fuse = all(d.platform == "cpu" for d in self.devices) if fuse is None else fuse
         self._fwd = {k: jax.jit(self._forward(mode.outputs[k], self.fuse)) for k in mode.kinds}
-        self._bwd = {k: jax.jit(self._accumulate(mode.outputs[k], self.fuse), donate_argnums=3)
-                     for k in mode.kinds}
+        self._bwd = {
+            k: jax.jit(self._accumulate(mode.outputs[k], self.fuse), donate_argnums=3)
+            for k in mode.kinds
+        }
         self._checks = {}
 
         def host_loss(raw, λ, α):
             (value, st), cot = jax.value_and_grad(
-                lambda r: loss_and_stats(*mode.assemble(r), λ, α), has_aux=True)(raw)
+                lambda r: loss_and_stats(*mode.assemble(r), λ, α), has_aux=True
+            )(raw)
             return st, cot
 
         self._host_loss = jax.jit(host_loss)
@@ -62,18 +74,22 @@ class TwoPass:
     def _forward(fn, fuse):
         """(w, batches float(k, n, ...)) -> outputs (k, n, ...): n samples at a time, or
         all k·n at once when ``fuse``."""
+
         def forward(w, batches):
             if fuse:
                 out = fn(w, _merge(batches))
-                return jax.tree_util.tree_map(lambda a: a.reshape((-1, _n(batches)) + a.shape[1:]),
-                                              out)
+                return jax.tree_util.tree_map(
+                    lambda a: a.reshape((-1, _n(batches)) + a.shape[1:]), out
+                )
             return jax.lax.map(lambda b: fn(w, b), batches)
+
         return forward
 
     @staticmethod
     def _accumulate(fn, fuse):
         """acc + Σ_b VJP of fn(·, batch_b) at w with cotangent_b: one batch at a time, or
         one VJP over the merged group when ``fuse``."""
+
         def one(w, batch, cot):
             _, vjp = jax.vjp(lambda v: fn(v, batch), w)
             return vjp(cot)[0]
@@ -85,7 +101,9 @@ class TwoPass:
 
             def body(acc, bc):
                 return jax.tree_util.tree_map(jnp.add, acc, one(w, *bc)), None
+
             return jax.lax.scan(body, acc, (batches, cots))[0]
+
         return step
 
     # -- streaming over devices ------------------------------------------------
@@ -107,7 +125,8 @@ class TwoPass:
                             f"{tag} data, kind '{kind}', device {d}, batch {b}: this pass saw "
                             "different samples (or a different order) than the first pass — is the "
                             "iterator shuffled, read in parallel, or of the wrong epoch length? "
-                            "Gradients would be paired with the wrong samples.")
+                            "Gradients would be paired with the wrong samples."
+                        )
                 else:
                     seen.append(check)
                 yield d, b, positions, batch
@@ -155,18 +174,23 @@ class TwoPass:
         for kind in self.mode.kinds:
             count = self.mode.counts[kind]
             positions = [p for p, _ in pending[kind]]
-            outs = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]),
-                                          jax.device_get([o for _, o in pending[kind]]))
+            outs = jax.tree_util.tree_map(
+                lambda a: a.reshape((-1,) + a.shape[2:]),
+                jax.device_get([o for _, o in pending[kind]]),
+            )
             _check_coverage(tag, kind, positions, count)
             if not positions:
                 raw[kind] = None  # an empty kind: `remaining` when n_s = n_d
                 continue
             order = np.concatenate(positions)
             raw[kind] = jax.tree_util.tree_map(
-                lambda *xs: _place(np.concatenate(xs), order, count), *outs)
+                lambda *xs: _place(np.concatenate(xs), order, count), *outs
+            )
         for kind in self.mode.kinds:
             if raw[kind] is None:
-                x = jax.tree_util.tree_leaves([raw[k] for k in self.mode.kinds if raw[k] is not None])[0]
+                x = jax.tree_util.tree_leaves(
+                    [raw[k] for k in self.mode.kinds if raw[k] is not None]
+                )[0]
                 raw[kind] = np.zeros((0,) + x.shape[1:], x.dtype)
         return raw
 
@@ -176,13 +200,16 @@ class TwoPass:
         st, cot = self._host_loss(jax.device_put(raw, self.host), λ, α)
         cot = jax.device_get(cot)
         w_dev = [jax.device_put(w, dev) for dev in self.devices]
-        acc = [jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, w), dev) for dev in self.devices]
+        acc = [
+            jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, w), dev) for dev in self.devices
+        ]
         dispatched = [0] * len(self.devices)
         for kind in self.mode.kinds:
             for d, positions, batch in self._groups("train", kind, sources[kind]):
                 k = len(next(iter(batch.values())))
                 c = jax.tree_util.tree_map(
-                    lambda a: a[positions].reshape((k, -1) + a.shape[1:]), cot[kind])
+                    lambda a: a[positions].reshape((k, -1) + a.shape[1:]), cot[kind]
+                )
                 batch, c = jax.device_put((batch, c), self.devices[d])
                 acc[d] = self._bwd[kind](w_dev[d], batch, c, acc[d])
                 dispatched[d] += 1
@@ -200,7 +227,9 @@ class TwoPass:
 
     def summaries(self, w, sources, tag):
         """(x float(n_s, n_summaries), dx float(n_d, n_summaries, n_params)) on the host."""
-        return jax.device_get(self._assemble(jax.device_put(self.pass1(w, sources, tag), self.host)))
+        return jax.device_get(
+            self._assemble(jax.device_put(self.pass1(w, sources, tag), self.host))
+        )
 
     def forget(self, tag):
         """Drop the first-pass record of ``tag`` (its data changes, e.g. new simulations)."""
@@ -226,17 +255,25 @@ def _same(a, b):
 def _check_coverage(tag, kind, positions, count):
     """Every position 0..count−1 exactly once, else a precise error."""
     allp = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    if len(allp) == count and (count == 0 or (allp.min() >= 0 and allp.max() < count
-                                               and np.bincount(allp, minlength=count).max() == 1)):
+    if len(allp) == count and (
+        count == 0
+        or (
+            allp.min() >= 0 and allp.max() < count and np.bincount(allp, minlength=count).max() == 1
+        )
+    ):
         return
     bad = allp[(allp < 0) | (allp >= count)]
     if bad.size:
-        raise OrderError(f"{tag} data, kind '{kind}': positions {bad[:5].tolist()} are outside "
-                         f"0..{count - 1} (seed indices not of this archive or epoch too long)")
+        raise OrderError(
+            f"{tag} data, kind '{kind}': positions {bad[:5].tolist()} are outside "
+            f"0..{count - 1} (seed indices not of this archive or epoch too long)"
+        )
     n = np.bincount(allp, minlength=count)
     dup, missing = np.flatnonzero(n > 1), np.flatnonzero(n == 0)
-    raise OrderError(f"{tag} data, kind '{kind}': expected {count} samples once each, got "
-                     f"{len(allp)}; duplicated {dup[:5].tolist()}, missing {missing[:5].tolist()}")
+    raise OrderError(
+        f"{tag} data, kind '{kind}': expected {count} samples once each, got "
+        f"{len(allp)}; duplicated {dup[:5].tolist()}, missing {missing[:5].tolist()}"
+    )
 
 
 def _place(values, order, count):

@@ -3,6 +3,7 @@
 ``jax.vmap(lambda key: value_and_jacrev(simulator, argnums=1)(key, θ_fid))(keys)``
 returns ``(fiducial float(n_s, *input_shape), derivative float(n_s, *input_shape, n_params))``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,8 +20,9 @@ def _value_and_jac(jac, fun, argnums, has_aux, holomorphic):
                 return value, (value, aux)
             return out, out
 
-        jacobian, aux = jac(fun_with_value, argnums=argnums, has_aux=True,
-                            holomorphic=holomorphic)(*args)
+        jacobian, aux = jac(fun_with_value, argnums=argnums, has_aux=True, holomorphic=holomorphic)(
+            *args
+        )
         if has_aux:
             value, aux = aux
             return (value, aux), jacobian

@@ -1,6 +1,7 @@
 """Real storage servers on loopback for the cloud-path tests: a gcp-storage-emulator
 for gs:// and a moto S3 server for s3://, each on a free 127.0.0.1 port, started and
 stopped by session fixtures (declared in tests/conftest.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,18 +51,39 @@ def serve(argv, port, log_path):
 def gcs_emulator(log_path):
     """gcp-storage-emulator with bucket imnn-test; yields its URL (STORAGE_EMULATOR_HOST)."""
     port = free_port()
-    return serve([sys.executable, "-c", "from gcp_storage_emulator.__main__ import main; main()",
-                  "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                  "--default-bucket", BUCKET], port, log_path)
+    return serve(
+        [
+            sys.executable,
+            "-c",
+            "from gcp_storage_emulator.__main__ import main; main()",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--default-bucket",
+            BUCKET,
+        ],
+        port,
+        log_path,
+    )
 
 
 @contextlib.contextmanager
 def s3_moto(log_path):
     """moto S3 server with bucket imnn-test; yields its endpoint URL."""
     port = free_port()
-    with serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-               port, log_path) as url:
+    with serve(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, log_path
+    ) as url:
         import boto3
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                     aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).create_bucket(Bucket=BUCKET)
         yield url

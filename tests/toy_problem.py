@@ -1,4 +1,5 @@
 """The toy Gaussian problem's data for tests: 10 draws from N(μ, Σ) at θ = (0, 1)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +18,10 @@ def toy_data(seed, n_s, n_d, simulator=gaussian_toy, θ=THETA_FID, δθ=DELTA_TH
     fiducial = jax.vmap(lambda k: simulator(k, θ))(keys)
     below = θ - jnp.diag(jnp.asarray(δθ)) / 2
     above = θ + jnp.diag(jnp.asarray(δθ)) / 2
-    varied = [jax.vmap(lambda k: jax.vmap(lambda p: simulator(k, p))(ps))(keys[:n_d])
-              for ps in (below, above)]
+    varied = [
+        jax.vmap(lambda k: jax.vmap(lambda p: simulator(k, p))(ps))(keys[:n_d])
+        for ps in (below, above)
+    ]
     numerical = jnp.stack(varied, 1)
     gradient = jax.vmap(lambda k: jax.jacfwd(simulator, argnums=1)(k, θ))(keys[:n_d])
     return np.asarray(fiducial), np.asarray(numerical), np.asarray(gradient)

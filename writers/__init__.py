@@ -13,20 +13,22 @@ from ``stream_plan``, ``stream_decode``, ``stream_read`` and
 reference-compatible ``TFRecords`` class), ``cli`` (``imnn-stream validate``
 and ``adopt``).
 """
+
 from .errors import ArchiveError, LayoutError, MissingFileError, WriteError
 
-__all__ = ["ArchiveError", "LayoutError", "MissingFileError", "WriteError", "validate",
-           "TFRecords"]
+__all__ = ["ArchiveError", "LayoutError", "MissingFileError", "WriteError", "validate", "TFRecords"]
 
 
 def validate(root, **kwargs):
     """Check an archive; see :func:`writers.validator.validate`."""
     from .validator import validate as _validate
+
     return _validate(root, **kwargs)
 
 
 def __getattr__(name):
     if name == "TFRecords":
         from .reference_tfrecords import TFRecords
+
         return TFRecords
     raise AttributeError(name)

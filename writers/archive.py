@@ -1,4 +1,5 @@
 """Write a whole archive from in-memory NumPy arrays (no Beam needed)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,13 +23,27 @@ def _float_array(x, name: str, dtype) -> np.ndarray:
     return a
 
 
-def write_arrays(root: str, mode: str, theta_fid, delta_theta=None, *, fiducial=None,
-                 derivative=None, gradient=None, validation_fiducial=None,
-                 validation_derivative=None, validation_gradient=None, n_devices: int = 1,
-                 records_per_shard: int = 1000, max_bytes: Optional[int] = None,
-                 dtype=None, simulator: Optional[str] = None,
-                 simulator_config: Optional[dict] = None, base_seeds: Optional[dict] = None,
-                 overwrite: bool = False) -> Manifest:
+def write_arrays(
+    root: str,
+    mode: str,
+    theta_fid,
+    delta_theta=None,
+    *,
+    fiducial=None,
+    derivative=None,
+    gradient=None,
+    validation_fiducial=None,
+    validation_derivative=None,
+    validation_gradient=None,
+    n_devices: int = 1,
+    records_per_shard: int = 1000,
+    max_bytes: Optional[int] = None,
+    dtype=None,
+    simulator: Optional[str] = None,
+    simulator_config: Optional[dict] = None,
+    base_seeds: Optional[dict] = None,
+    overwrite: bool = False,
+) -> Manifest:
     """Write an archive at ``root`` from arrays; returns its manifest.
 
     Shapes (``s`` = input_shape, ``p`` = n_params):
@@ -52,8 +67,11 @@ def write_arrays(root: str, mode: str, theta_fid, delta_theta=None, *, fiducial=
     n_params = len(theta_fid)
     splits = {"train": (fid, derivative, gradient)}
     if validation_fiducial is not None:
-        splits["validation"] = (_float_array(validation_fiducial, "validation_fiducial", dtype),
-                                validation_derivative, validation_gradient)
+        splits["validation"] = (
+            _float_array(validation_fiducial, "validation_fiducial", dtype),
+            validation_derivative,
+            validation_gradient,
+        )
     if mode == "numerical":
         if derivative is None:
             raise ArchiveError("numerical mode needs `derivative` (n_d, 2, n_params, *s)")
@@ -67,39 +85,62 @@ def write_arrays(root: str, mode: str, theta_fid, delta_theta=None, *, fiducial=
     arrays = {}
     for split, (f, der, grad) in splits.items():
         if f.shape != (n_s,) + input_shape:
-            raise ArchiveError(f"{split} fiducial: expected shape {(n_s,) + input_shape}, "
-                               f"got {f.shape}")
+            raise ArchiveError(
+                f"{split} fiducial: expected shape {(n_s,) + input_shape}, got {f.shape}"
+            )
         if mode == "numerical":
             der = _float_array(der, f"{split} derivative", dtype)
             want = (n_d, 2, n_params) + input_shape
             if der.shape != want:
                 raise ArchiveError(f"{split} derivative: expected shape {want}, got {der.shape}")
             if der.dtype != dtype:
-                raise ArchiveError(f"{split} derivative: dtype {der.dtype} differs from "
-                                   f"fiducial dtype {dtype}")
+                raise ArchiveError(
+                    f"{split} derivative: dtype {der.dtype} differs from fiducial dtype {dtype}"
+                )
         if mode == "gradient":
             grad = _float_array(grad, f"{split} gradient", dtype)
             want = (n_d,) + input_shape + (n_params,)
             if grad.shape != want:
                 raise ArchiveError(f"{split} gradient: expected shape {want}, got {grad.shape}")
             if grad.dtype != dtype:
-                raise ArchiveError(f"{split} gradient: dtype {grad.dtype} differs from "
-                                   f"fiducial dtype {dtype}")
+                raise ArchiveError(
+                    f"{split} gradient: dtype {grad.dtype} differs from fiducial dtype {dtype}"
+                )
         arrays[split] = (f, der, grad)
     if fs.exists(fs.join(root, MANIFEST_NAME)) and not overwrite:
-        raise ArchiveError("an archive already exists here (pass overwrite=True)",
-                           fs.join(root, MANIFEST_NAME))
-    manifest = new_manifest(mode, theta_fid, delta_theta, n_s, n_d, input_shape,
-                            dtype=dtype.name, simulator=simulator,
-                            simulator_config=simulator_config, base_seeds=base_seeds,
-                            splits=tuple(arrays), n_devices=n_devices,
-                            records_per_shard=records_per_shard, max_bytes=max_bytes)
+        raise ArchiveError(
+            "an archive already exists here (pass overwrite=True)", fs.join(root, MANIFEST_NAME)
+        )
+    manifest = new_manifest(
+        mode,
+        theta_fid,
+        delta_theta,
+        n_s,
+        n_d,
+        input_shape,
+        dtype=dtype.name,
+        simulator=simulator,
+        simulator_config=simulator_config,
+        base_seeds=base_seeds,
+        splits=tuple(arrays),
+        n_devices=n_devices,
+        records_per_shard=records_per_shard,
+        max_bytes=max_bytes,
+    )
     record_bytes = None
     if max_bytes is not None:
         record_bytes = fid[0].nbytes * (1 + (n_params if mode == "gradient" else 0)) + 64
-    for spec in plan_shards(mode, n_s, n_d, n_params, n_devices, records_per_shard,
-                            splits=tuple(arrays), max_bytes=max_bytes,
-                            record_bytes=record_bytes):
+    for spec in plan_shards(
+        mode,
+        n_s,
+        n_d,
+        n_params,
+        n_devices,
+        records_per_shard,
+        splits=tuple(arrays),
+        max_bytes=max_bytes,
+        record_bytes=record_bytes,
+    ):
         f, der, grad = arrays[spec.split]
         meta = write_shard(root, spec, _records(mode, spec, f, der, grad, n_params))
         manifest.add_file(spec, meta)
@@ -110,8 +151,7 @@ def write_arrays(root: str, mode: str, theta_fid, delta_theta=None, *, fiducial=
 def _records(mode, spec, fid, der, grad, n_params):
     """The shard's records in archive order (:func:`writers.layout.record_keys`)."""
     finite_difference, gradient = kind_features(mode, spec.kind)
-    for seed, sign, p in record_keys(spec.first_seed, spec.last_seed, n_params,
-                                     finite_difference):
+    for seed, sign, p in record_keys(spec.first_seed, spec.last_seed, n_params, finite_difference):
         if finite_difference:
             yield encode_example(der[seed, sign, p], seed, sign, p)
         elif gradient:

@@ -10,6 +10,7 @@ that every record decodes with the kind's shapes and dtype; the record keys
 that have none; NaN/inf values (warnings unless ``nonfinite_fatal``); and,
 where given, the record count, size and SHA-256 the manifest claims.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class ShardCheck:
     length)`` per decoded record (the Parquet index rows); errors and
     warnings: ``(message, record or None)`` in the order found.
     """
+
     path: str
     count: Optional[int] = 0
     bytes: int = 0
@@ -57,11 +59,24 @@ class _Stop(Exception):
     """The first error, when only the first one is wanted."""
 
 
-def check_shard(root: str, rel: str, info: KindInfo, spec: RecordSpec, first_seed: int,
-                n_params: int, *, count: Optional[int] = None, nbytes: Optional[int] = None,
-                sha256: Optional[str] = None, n_s: Optional[int] = None,
-                legacy: bool = False, nonfinite_fatal: bool = False, max_issues: int = 20,
-                first_error_only: bool = False, source: str = "manifest") -> ShardCheck:
+def check_shard(
+    root: str,
+    rel: str,
+    info: KindInfo,
+    spec: RecordSpec,
+    first_seed: int,
+    n_params: int,
+    *,
+    count: Optional[int] = None,
+    nbytes: Optional[int] = None,
+    sha256: Optional[str] = None,
+    n_s: Optional[int] = None,
+    legacy: bool = False,
+    nonfinite_fatal: bool = False,
+    max_issues: int = 20,
+    first_error_only: bool = False,
+    source: str = "manifest",
+) -> ShardCheck:
     """Check the file ``rel`` under ``root`` holding records of ``info``'s kind
     from seed ``first_seed`` on, decoded with ``spec``.
 
@@ -94,9 +109,20 @@ def check_shard(root: str, rel: str, info: KindInfo, spec: RecordSpec, first_see
         with fs.open_read(fs.join(root, rel)) as raw_f:
             hf = HashingReader(raw_f)
             try:
-                out.count = _records(out, hf, rel, info, spec, first_seed, n_params, seeds,
-                                     extras_forbidden, record_err, nonfinite_fatal,
-                                     max_issues)
+                out.count = _records(
+                    out,
+                    hf,
+                    rel,
+                    info,
+                    spec,
+                    first_seed,
+                    n_params,
+                    seeds,
+                    extras_forbidden,
+                    record_err,
+                    nonfinite_fatal,
+                    max_issues,
+                )
             except ArchiveError as e:  # framing broken: cannot go on in this file
                 out.count = None
                 error(e.detail, e.record)
@@ -109,15 +135,26 @@ def check_shard(root: str, rel: str, info: KindInfo, spec: RecordSpec, first_see
         if nbytes is not None and out.bytes != nbytes:
             error(f"size: manifest says {nbytes} bytes, file has {out.bytes}")
         if sha256 is not None and out.sha256 != sha256:
-            error(f"checksum mismatch: manifest sha256 {sha256[:16]}…, file "
-                  f"{out.sha256[:16]}…")
+            error(f"checksum mismatch: manifest sha256 {sha256[:16]}…, file {out.sha256[:16]}…")
     except _Stop:
         pass
     return out
 
 
-def _records(out, hf, rel, info, spec, first_seed, n_params, seeds, extras_forbidden,
-             record_err, nonfinite_fatal, cap) -> int:
+def _records(
+    out,
+    hf,
+    rel,
+    info,
+    spec,
+    first_seed,
+    n_params,
+    seeds,
+    extras_forbidden,
+    record_err,
+    nonfinite_fatal,
+    cap,
+) -> int:
     """Check every record of the open file; returns how many there are."""
     nonfinite = 0
     n = 0
@@ -140,16 +177,24 @@ def _records(out, hf, rel, info, spec, first_seed, n_params, seeds, extras_forbi
                 record_err(
                     f"expected (seed, derivative, parameter) = {want}, got {got}: "
                     f"finite-difference records must be complete and ordered "
-                    f"seed → sign → parameter, seed-matched to fiducial seeds {seeds}", r)
+                    f"seed → sign → parameter, seed-matched to fiducial seeds {seeds}",
+                    r,
+                )
         elif rec["seed"] != want[0]:
-            record_err(f"expected seed {want[0]}, got {rec['seed']} (duplicated, "
-                       f"missing or reordered record)", r)
+            record_err(
+                f"expected seed {want[0]}, got {rec['seed']} (duplicated, "
+                f"missing or reordered record)",
+                r,
+            )
         if extras_forbidden:
             extra = {"gradient", "derivative", "parameter"} & set(features)
             if extra:
-                record_err(f"unexpected features {sorted(extra)} in a {info.kind!r} "
-                           f"record (gradients belong on exactly the first n_d "
-                           f"seeds, in 'main')", r)
+                record_err(
+                    f"unexpected features {sorted(extra)} in a {info.kind!r} "
+                    f"record (gradients belong on exactly the first n_d "
+                    f"seeds, in 'main')",
+                    r,
+                )
         for key in ("data", "gradient"):
             if key in rec and not np.isfinite(rec[key]).all():
                 nonfinite += 1

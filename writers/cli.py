@@ -5,6 +5,7 @@ sets ``func`` to a callable taking the parsed args and returning an exit
 code (0 only for a valid archive).  ``python -m writers.cli`` runs them
 stand-alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ import sys
 def _fs_options(args) -> None:
     if getattr(args, "fs_option", None):
         from . import fs
+
         fs.configure(args.fs_option)
 
 
@@ -29,6 +31,7 @@ def _print_report(report, as_json: bool) -> None:
 
 def cmd_validate(args) -> int:
     from .validator import validate
+
     _fs_options(args)
     report = validate(args.archive, nonfinite_fatal=args.nonfinite_fatal)
     _print_report(report, args.json)
@@ -38,12 +41,20 @@ def cmd_validate(args) -> int:
 def cmd_adopt(args) -> int:
     from .errors import ArchiveError
     from .legacy import adopt
+
     _fs_options(args)
     base = dict(zip(("train", "validation"), args.base_seeds)) if args.base_seeds else None
     try:
-        _, report = adopt(args.dir, args.mode, args.theta_fid, args.delta_theta,
-                          args.input_shape, dtype=args.dtype, base_seeds=base,
-                          simulator=args.simulator)
+        _, report = adopt(
+            args.dir,
+            args.mode,
+            args.theta_fid,
+            args.delta_theta,
+            args.input_shape,
+            dtype=args.dtype,
+            base_seeds=base,
+            simulator=args.simulator,
+        )
     except ArchiveError as e:
         if args.json:
             print(json.dumps({"ok": False, "errors": [str(e)]}))
@@ -58,29 +69,47 @@ def cmd_adopt(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``validate`` and ``adopt`` to an argparse subparsers object."""
-    fs_help = ("Beam file-system flag for URLs, repeatable, e.g. --fs-option=--no_auth or "
-               "--fs-option=--s3_endpoint_url=http://127.0.0.1:9000")
+    fs_help = (
+        "Beam file-system flag for URLs, repeatable, e.g. --fs-option=--no_auth or "
+        "--fs-option=--s3_endpoint_url=http://127.0.0.1:9000"
+    )
     p = subparsers.add_parser("validate", help="check an archive against its manifest")
     p.add_argument("archive", help="archive root (local path or gs://, s3:// URL)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--nonfinite-fatal", action="store_true",
-                   help="treat NaN/inf values as errors (default: warnings)")
+    p.add_argument(
+        "--nonfinite-fatal",
+        action="store_true",
+        help="treat NaN/inf values as errors (default: warnings)",
+    )
     p.add_argument("--fs-option", action="append", default=[], help=fs_help)
     p.set_defaults(func=cmd_validate)
 
     p = subparsers.add_parser(
-        "adopt", help="write a manifest for an archive made by the reference imnn writer")
+        "adopt", help="write a manifest for an archive made by the reference imnn writer"
+    )
     p.add_argument("dir", help="directory with fiducial_<n>.tfrecords, derivative_<n>.tfrecords")
     p.add_argument("--mode", required=True, choices=("numerical", "gradient", "fiducial"))
-    p.add_argument("--theta-fid", required=True, type=float, nargs="+",
-                   help="fiducial parameter values θ_fid")
-    p.add_argument("--delta-theta", type=float, nargs="+", default=None,
-                   help="finite-difference widths δθ (records at θ_fid ∓ δθ/2)")
-    p.add_argument("--input-shape", required=True, type=int, nargs="+",
-                   help="shape of one simulation")
+    p.add_argument(
+        "--theta-fid", required=True, type=float, nargs="+", help="fiducial parameter values θ_fid"
+    )
+    p.add_argument(
+        "--delta-theta",
+        type=float,
+        nargs="+",
+        default=None,
+        help="finite-difference widths δθ (records at θ_fid ∓ δθ/2)",
+    )
+    p.add_argument(
+        "--input-shape", required=True, type=int, nargs="+", help="shape of one simulation"
+    )
     p.add_argument("--dtype", default="float32", choices=("float16", "float32", "float64"))
-    p.add_argument("--base-seeds", type=int, nargs="+", default=None,
-                   help="base seeds of train (and validation), if known")
+    p.add_argument(
+        "--base-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="base seeds of train (and validation), if known",
+    )
     p.add_argument("--simulator", default=None, help="simulator name, if known")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--fs-option", action="append", default=[], help=fs_help)

@@ -1,4 +1,5 @@
 """Exceptions raised for bad archives, always naming the file and record."""
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ A TFRecord file is a sequence of records, each framed as::
 This module reads and writes that framing without TensorFlow so that files
 can be read from any file-like object (local files, gs://, s3://).
 """
+
 from __future__ import annotations
 
 import struct
@@ -78,10 +79,11 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
                 # Few records, or some record is bad (find the first one):
                 # record by record.
                 value = google_crc32c.value
-                crc = np.array([value(buf[o:o + length])
-                                for o in range(start, start + k * rec, rec)], np.uint32)
-                masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) \
-                    + np.uint32(_MASK_DELTA)
+                crc = np.array(
+                    [value(buf[o : o + length]) for o in range(start, start + k * rec, rec)],
+                    np.uint32,
+                )
+                masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(_MASK_DELTA)
                 k = true_prefix(masked == stored)
     return length, k
 
@@ -108,14 +110,19 @@ def _tables(images: np.ndarray) -> np.ndarray:
     """Byte tables (..., 4, 256) of the GF(2)-linear maps on uint32 whose
     image of bit j is ``images[..., j]``."""
     images = np.asarray(images, np.uint32)
-    return np.stack([np.bitwise_xor.reduce(
-        np.where(_BITS, images[..., None, 8 * q:8 * q + 8], np.uint32(0)), axis=-1)
-        for q in range(4)], axis=-2)
+    return np.stack(
+        [
+            np.bitwise_xor.reduce(
+                np.where(_BITS, images[..., None, 8 * q : 8 * q + 8], np.uint32(0)), axis=-1
+            )
+            for q in range(4)
+        ],
+        axis=-2,
+    )
 
 
 def _apply(t: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return (t[0][v & 0xFF] ^ t[1][(v >> 8) & 0xFF] ^ t[2][(v >> 16) & 0xFF]
-            ^ t[3][v >> 24])
+    return t[0][v & 0xFF] ^ t[1][(v >> 8) & 0xFF] ^ t[2][(v >> 16) & 0xFF] ^ t[3][v >> 24]
 
 
 _BASIS = np.uint32(1) << np.arange(32, dtype=np.uint32)
@@ -155,7 +162,7 @@ def _radix_tables(rec: int, level: int) -> np.ndarray:
     return _tables(images).reshape(-1)
 
 
-_RADIX_BASE = (np.arange(_RADIX, dtype=np.intp) * 1024)
+_RADIX_BASE = np.arange(_RADIX, dtype=np.intp) * 1024
 
 
 @lru_cache(maxsize=64)
@@ -186,9 +193,12 @@ def _run_crc_ok(buf: bytes, pos: int, length: int, k: int, stored: np.ndarray) -
         w = v.reshape(groups, _RADIX)
         t = _radix_tables(rec, level)
         v = np.bitwise_xor.reduce(
-            t[_RADIX_BASE + (w & 0xFF)] ^ t[_RADIX_BASE + 256 + ((w >> 8) & 0xFF)]
-            ^ t[_RADIX_BASE + 512 + ((w >> 16) & 0xFF)] ^ t[_RADIX_BASE + 768 + (w >> 24)],
-            axis=1)
+            t[_RADIX_BASE + (w & 0xFF)]
+            ^ t[_RADIX_BASE + 256 + ((w >> 8) & 0xFF)]
+            ^ t[_RADIX_BASE + 512 + ((w >> 16) & 0xFF)]
+            ^ t[_RADIX_BASE + 768 + (w >> 24)],
+            axis=1,
+        )
         level += 1
     end = pos + k * rec
     actual = google_crc32c.value(buf if pos == 0 and end == len(buf) else buf[pos:end])
@@ -198,12 +208,17 @@ def _run_crc_ok(buf: bytes, pos: int, length: int, k: int, stored: np.ndarray) -
 def frame(payload: bytes) -> bytes:
     """One framed record (header + payload + footer) as bytes."""
     length = struct.pack("<Q", len(payload))
-    return (length + struct.pack("<I", masked_crc(length)) + payload
-            + struct.pack("<I", masked_crc(payload)))
+    return (
+        length
+        + struct.pack("<I", masked_crc(length))
+        + payload
+        + struct.pack("<I", masked_crc(payload))
+    )
 
 
-def header_length(buf, pos: int, offset: int, path: str, record: int,
-                  check_crc: bool = True) -> int:
+def header_length(
+    buf, pos: int, offset: int, path: str, record: int, check_crc: bool = True
+) -> int:
     """Payload length from the record header at ``buf[pos:]`` (the bytes
     available there), checked; ``offset`` is the header's byte position in
     the file.  Raises :class:`ArchiveError` naming ``path`` and ``record`` on
@@ -213,16 +228,18 @@ def header_length(buf, pos: int, offset: int, path: str, record: int,
     if have < HEADER_BYTES:
         raise ArchiveError(
             f"truncated record header ({have} of {HEADER_BYTES} bytes at byte {offset})",
-            path, record)
+            path,
+            record,
+        )
     length, stored = _HEADER.unpack_from(buf, pos)
-    if check_crc and masked_crc(buf[pos:pos + 8]) != stored:
-        raise ArchiveError(f"length CRC mismatch at byte {offset} (corrupt framing)",
-                           path, record)
+    if check_crc and masked_crc(buf[pos : pos + 8]) != stored:
+        raise ArchiveError(f"length CRC mismatch at byte {offset} (corrupt framing)", path, record)
     return length
 
 
-def check_payload(buf, pos: int, length: int, offset: int, path: str, record: int,
-                  check_crc: bool = True) -> bytes:
+def check_payload(
+    buf, pos: int, length: int, offset: int, path: str, record: int, check_crc: bool = True
+) -> bytes:
     """The payload at ``buf[pos:pos + length]`` (``buf[pos:]`` holds the
     bytes available after the header), checked against its footer CRC;
     ``offset`` is the record header's byte position in the file.  Raises
@@ -231,18 +248,23 @@ def check_payload(buf, pos: int, length: int, offset: int, path: str, record: in
     if got < length + FOOTER_BYTES:
         raise ArchiveError(
             f"truncated record: expected {length + FOOTER_BYTES} bytes of payload and "
-            f"CRC after byte {offset + HEADER_BYTES}, got {got}", path, record)
-    payload = buf[pos:pos + length]
+            f"CRC after byte {offset + HEADER_BYTES}, got {got}",
+            path,
+            record,
+        )
+    payload = buf[pos : pos + length]
     if check_crc:
         (data_crc,) = struct.unpack_from("<I", buf, pos + length)
         if masked_crc(payload) != data_crc:
-            raise ArchiveError(f"payload CRC mismatch at byte {offset} (corrupt data)",
-                               path, record)
+            raise ArchiveError(
+                f"payload CRC mismatch at byte {offset} (corrupt data)", path, record
+            )
     return payload
 
 
-def iter_records(f: BinaryIO, path: str = "<stream>", check_crc: bool = True,
-                 with_offsets: bool = False) -> Iterator:
+def iter_records(
+    f: BinaryIO, path: str = "<stream>", check_crc: bool = True, with_offsets: bool = False
+) -> Iterator:
     """Yield the payloads (bytes) of the records in a TFRecord stream.
 
     ``with_offsets=True`` yields ``(offset, payload)`` with ``offset`` the
@@ -267,5 +289,6 @@ def iter_records(f: BinaryIO, path: str = "<stream>", check_crc: bool = True,
 def read_records(path: str, check_crc: bool = True) -> list[bytes]:
     """All payloads of one TFRecord file (local path or URL) as a list."""
     from . import fs
+
     with fs.open_read(path) as f:
         return list(iter_records(f, path, check_crc))

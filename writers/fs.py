@@ -19,6 +19,7 @@ Beam-style flags), or with the environment variable
 ``IMNN_STREAM_FS_OPTIONS`` (the same flags, shell-quoted), which also
 reaches subprocesses such as the command line tool.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,6 +58,7 @@ def configure(flags=None) -> None:
     global _configured
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
+
     if flags is None:
         flags = shlex.split(os.environ.get("IMNN_STREAM_FS_OPTIONS", ""))
     opts = flags if isinstance(flags, PipelineOptions) else PipelineOptions(list(flags))
@@ -70,6 +72,7 @@ _clients: dict = {}
 
 def _beam():
     from apache_beam.io.filesystems import FileSystems
+
     if not _configured:
         configure(None)
     return FileSystems
@@ -84,26 +87,31 @@ def _store(path: str):
         opts = _beam()._pipeline_options
         if opts is None:
             from apache_beam.options.pipeline_options import PipelineOptions
+
             opts = PipelineOptions([])
         if scheme == "gs":
             from apache_beam.io.gcp import gcsio
             from apache_beam.options.pipeline_options import GoogleCloudOptions
+
             client = None
             if opts.view_as(GoogleCloudOptions).no_auth:
                 # Beam would first retry the default-credential lookup for
                 # ~25 s; --no_auth means anonymous (STORAGE_EMULATOR_HOST is
                 # honoured by the storage client).
                 from google.cloud import storage
+
                 client = storage.Client.create_anonymous_client()
             _clients[scheme] = gcsio.GcsIO(storage_client=client, pipeline_options=opts)
         else:
             from apache_beam.io.aws import s3io
+
             _clients[scheme] = s3io.S3IO(options=opts)
     return _clients[scheme]
 
 
 def _uncompressed():
     from apache_beam.io.filesystem import CompressionTypes
+
     return CompressionTypes.UNCOMPRESSED
 
 
@@ -172,7 +180,7 @@ def list_files(root: str) -> list[str]:
             names = [p for p, _ in store.list_files(base)]
         except Exception:  # a missing bucket lists as empty
             return []
-        return sorted(p[len(base):] for p in names if p.startswith(base))
+        return sorted(p[len(base) :] for p in names if p.startswith(base))
     if is_url(root):
         fs = _beam()
         base = root.rstrip("/") + "/"
@@ -180,7 +188,7 @@ def list_files(root: str) -> list[str]:
             metas = fs.match([base + "**"])[0].metadata_list
         except Exception:
             return []
-        return sorted(m.path[len(base):] for m in metas if m.path.startswith(base))
+        return sorted(m.path[len(base) :] for m in metas if m.path.startswith(base))
     out = []
     for dirpath, _, files in os.walk(root):
         for name in files:
@@ -221,8 +229,11 @@ def atomic_writer(path: str) -> Iterator[io.BufferedIOBase]:
             spool.seek(0)
             store = _store(path)
             try:
-                with (store.open(path, "wb") if store is not None else
-                      _beam().create(path, compression_type=_uncompressed())) as out:
+                with (
+                    store.open(path, "wb")
+                    if store is not None
+                    else _beam().create(path, compression_type=_uncompressed())
+                ) as out:
                     while chunk := spool.read(8 << 20):
                         out.write(chunk)
             except Exception as e:

@@ -6,6 +6,7 @@ is the 0-based position in ``file``; ``offset``/``length`` locate the framed
 record in bytes), so tools can find any simulation without scanning the
 archive.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,7 @@ from .layout import INDEX_NAME
 from .schema import record_seed
 from .framing import FRAMING_BYTES, iter_records
 
-COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record",
-           "offset", "length")
+COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record", "offset", "length")
 
 
 def scan_file(path: str) -> list[tuple]:
@@ -28,8 +28,15 @@ def scan_file(path: str) -> list[tuple]:
     with fs.open_read(path) as f:
         for offset, raw in iter_records(f, path, check_crc=False, with_offsets=True):
             seed, sign, parameter = record_seed(raw)
-            out.append((seed, -1 if sign is None else sign,
-                        -1 if parameter is None else parameter, offset, len(raw) + FRAMING_BYTES))
+            out.append(
+                (
+                    seed,
+                    -1 if sign is None else sign,
+                    -1 if parameter is None else parameter,
+                    offset,
+                    len(raw) + FRAMING_BYTES,
+                )
+            )
     return out
 
 
@@ -45,14 +52,23 @@ def build_table(root: str, manifest) -> pa.Table:
                 if entries is None:
                     entries = scan_file(fs.join(root, f["path"]))
                 for r, (seed, sign, parameter, offset, length) in enumerate(entries):
-                    for c, v in zip(COLUMNS, (split, kind, seed, sign, parameter, f["path"],
-                                              r, offset, length)):
+                    for c, v in zip(
+                        COLUMNS, (split, kind, seed, sign, parameter, f["path"], r, offset, length)
+                    ):
                         cols[c].append(v)
-    schema = pa.schema([("split", pa.string()), ("kind", pa.string()),
-                        ("seed", pa.int64()), ("derivative", pa.int8()),
-                        ("parameter", pa.int32()), ("file", pa.string()),
-                        ("record", pa.int64()), ("offset", pa.int64()),
-                        ("length", pa.int64())])
+    schema = pa.schema(
+        [
+            ("split", pa.string()),
+            ("kind", pa.string()),
+            ("seed", pa.int64()),
+            ("derivative", pa.int8()),
+            ("parameter", pa.int32()),
+            ("file", pa.string()),
+            ("record", pa.int64()),
+            ("offset", pa.int64()),
+            ("length", pa.int64()),
+        ]
+    )
     return pa.table(cols, schema=schema)
 
 
@@ -78,6 +94,7 @@ def find(root: str, **where) -> list[dict]:
     """Rows of the index matching every ``column=value`` given, e.g.
     ``find(root, split="train", kind="derivative", seed=5, derivative=1)``."""
     import pyarrow.compute as pc
+
     table = read_index(root)
     mask = None
     for column, value in where.items():

@@ -10,6 +10,7 @@ Record order within a kind: by seed; a finite-difference seed holds
 ``2·n_params`` records ordered sign → parameter (sign 0 at θ_fid − δθ/2,
 1 at θ_fid + δθ/2), every other kind one record per seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,14 @@ TFDS_FILES = ("dataset_info.json", "features.json")
 LEGACY_FILE = re.compile(r"^(?:(validation)_)?(fiducial|derivative)_(\d+)\.tfrecords$")
 
 
-def shard_path(split: str, kind: str, device: int, n_devices: int, index: int,
-               n_shards: int) -> str:
+def shard_path(
+    split: str, kind: str, device: int, n_devices: int, index: int, n_shards: int
+) -> str:
     """Deterministic, sortable file name relative to the archive root."""
-    return (f"{split}/{kind}/device-{device:05d}-of-{n_devices:05d}/"
-            f"shard-{index:05d}-of-{n_shards:05d}.tfrecords")
+    return (
+        f"{split}/{kind}/device-{device:05d}-of-{n_devices:05d}/"
+        f"shard-{index:05d}-of-{n_shards:05d}.tfrecords"
+    )
 
 
 # ------------------------------------------------------------------ kinds and records
@@ -60,8 +64,9 @@ def keys_per_seed(n_params: int, finite_difference: bool) -> list[tuple[int, int
     return [(sign, parameter) for sign in (0, 1) for parameter in range(n_params)]
 
 
-def record_keys(first_seed: int, last_seed: int, n_params: int,
-                finite_difference: bool) -> Iterator[tuple[int, int, int]]:
+def record_keys(
+    first_seed: int, last_seed: int, n_params: int, finite_difference: bool
+) -> Iterator[tuple[int, int, int]]:
     """``(seed, derivative, parameter)`` of every record of seeds
     ``first_seed..last_seed`` (inclusive) in file order (−1 where absent)."""
     keys = keys_per_seed(n_params, finite_difference)
@@ -70,8 +75,9 @@ def record_keys(first_seed: int, last_seed: int, n_params: int,
             yield seed, sign, parameter
 
 
-def record_key(r: int, first_seed: int, n_params: int,
-               finite_difference: bool) -> tuple[int, int, int]:
+def record_key(
+    r: int, first_seed: int, n_params: int, finite_difference: bool
+) -> tuple[int, int, int]:
     """``(seed, derivative, parameter)`` of record ``r`` (0-based) of a file
     whose first seed is ``first_seed`` (−1 where absent)."""
     if not finite_difference:
@@ -98,6 +104,7 @@ class KindInfo:
     """One kind of a split: seeds ``[first_seed, first_seed + n_seeds)``,
     ``records_per_seed`` records each; finite_difference / gradient say
     which extra features its records carry."""
+
     kind: str
     first_seed: int
     n_seeds: int
@@ -118,15 +125,26 @@ def kinds(mode: str, n_s: int, n_d: int, n_params: int) -> list[KindInfo]:
         raise LayoutError(f"need 1 <= n_s and 0 <= n_d <= n_s, got n_s={n_s}, n_d={n_d}")
     if mode == "numerical":
         if n_d < 1 or n_params < 1:
-            raise LayoutError(f"numerical mode needs n_d >= 1 and n_params >= 1, "
-                              f"got n_d={n_d}, n_params={n_params}")
-        return [KindInfo("fiducial", 0, n_s, 1),
-                KindInfo("derivative", 0, n_d, records_per_seed(mode, "derivative", n_params),
-                         finite_difference=True)]
+            raise LayoutError(
+                f"numerical mode needs n_d >= 1 and n_params >= 1, "
+                f"got n_d={n_d}, n_params={n_params}"
+            )
+        return [
+            KindInfo("fiducial", 0, n_s, 1),
+            KindInfo(
+                "derivative",
+                0,
+                n_d,
+                records_per_seed(mode, "derivative", n_params),
+                finite_difference=True,
+            ),
+        ]
     if mode == "gradient":
         if n_d < 1 or n_params < 1:
-            raise LayoutError(f"gradient mode needs n_d >= 1 and n_params >= 1, "
-                              f"got n_d={n_d}, n_params={n_params}")
+            raise LayoutError(
+                f"gradient mode needs n_d >= 1 and n_params >= 1, "
+                f"got n_d={n_d}, n_params={n_params}"
+            )
         out = [KindInfo("main", 0, n_d, 1, gradient=True)]
         if n_s > n_d:
             out.append(KindInfo("remaining", n_d, n_s - n_d, 1))
@@ -142,8 +160,9 @@ def device_blocks(count: int, n_devices: int, first: int = 0) -> list[tuple[int,
     if n_devices < 1:
         raise LayoutError(f"n_devices must be >= 1, got {n_devices}")
     if count % n_devices:
-        raise LayoutError(f"{count} seeds do not divide between {n_devices} devices "
-                          f"(need a divisor of {count})")
+        raise LayoutError(
+            f"{count} seeds do not divide between {n_devices} devices (need a divisor of {count})"
+        )
     m = count // n_devices
     return [(first + d * m, first + (d + 1) * m) for d in range(n_devices)]
 
@@ -163,6 +182,7 @@ def device_seeds(info: KindInfo, n_devices: int, device: int) -> tuple[int, int]
 class ShardSpec:
     """One planned file: seeds ``first_seed..last_seed`` (inclusive) of a kind
     on a device, ``n_records`` records, at ``path`` relative to the root."""
+
     split: str
     kind: str
     device: int
@@ -182,9 +202,17 @@ class ShardSpec:
         return cls(**d)
 
 
-def plan_shards(mode: str, n_s: int, n_d: int, n_params: int, n_devices: int,
-                records_per_shard: int, splits=SPLITS, max_bytes: int | None = None,
-                record_bytes: int | None = None) -> list[ShardSpec]:
+def plan_shards(
+    mode: str,
+    n_s: int,
+    n_d: int,
+    n_params: int,
+    n_devices: int,
+    records_per_shard: int,
+    splits=SPLITS,
+    max_bytes: int | None = None,
+    record_bytes: int | None = None,
+) -> list[ShardSpec]:
     """Plan every file of an archive.
 
     Each device's seeds of each kind are cut into shards of whole seeds,
@@ -213,8 +241,18 @@ def plan_shards(mode: str, n_s: int, n_d: int, n_params: int, n_devices: int,
                 for index in range(n_shards):
                     a = start + index * seeds_per_shard
                     b = min(stop, a + seeds_per_shard)
-                    specs.append(ShardSpec(
-                        split, info.kind, device, n_devices, index, n_shards, a, b - 1,
-                        (b - a) * info.records_per_seed,
-                        shard_path(split, info.kind, device, n_devices, index, n_shards)))
+                    specs.append(
+                        ShardSpec(
+                            split,
+                            info.kind,
+                            device,
+                            n_devices,
+                            index,
+                            n_shards,
+                            a,
+                            b - 1,
+                            (b - a) * info.records_per_seed,
+                            shard_path(split, info.kind, device, n_devices, index, n_shards),
+                        )
+                    )
     return specs

@@ -13,6 +13,7 @@ In gradient mode the reference ``derivative`` files hold dsim/dθ (shape
 ``input_shape + (n_params,)``) under ``data``; the streams pair them with the
 fiducial records by seed to form ``main``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,18 +38,38 @@ def _scan(path: str, rel: str) -> dict:
         seed, sign, parameter = record_seed(raw)
         if seed is None:
             raise ArchiveError("record has no int64 'seed' feature", rel, len(entries))
-        entries.append((seed, -1 if sign is None else sign,
-                        -1 if parameter is None else parameter, offset, len(raw) + FRAMING_BYTES))
+        entries.append(
+            (
+                seed,
+                -1 if sign is None else sign,
+                -1 if parameter is None else parameter,
+                offset,
+                len(raw) + FRAMING_BYTES,
+            )
+        )
     if not entries:
         raise ArchiveError("file has no records", rel)
-    return {"path": rel, "count": len(entries), "first_seed": entries[0][0],
-            "last_seed": entries[-1][0], "bytes": len(data), "sha256": sha.hexdigest(),
-            "_records": entries}
+    return {
+        "path": rel,
+        "count": len(entries),
+        "first_seed": entries[0][0],
+        "last_seed": entries[-1][0],
+        "bytes": len(data),
+        "sha256": sha.hexdigest(),
+        "_records": entries,
+    }
 
 
-def build_legacy_manifest(root: str, mode: str, theta_fid, delta_theta, input_shape,
-                          dtype: str = "float32", base_seeds: Optional[dict] = None,
-                          simulator: Optional[str] = None) -> Manifest:
+def build_legacy_manifest(
+    root: str,
+    mode: str,
+    theta_fid,
+    delta_theta,
+    input_shape,
+    dtype: str = "float32",
+    base_seeds: Optional[dict] = None,
+    simulator: Optional[str] = None,
+) -> Manifest:
     """Scan the reference-format files under ``root`` and return a manifest
     (not written).  Raises :class:`ArchiveError` naming the file when the
     files cannot form an archive."""
@@ -60,44 +81,66 @@ def build_legacy_manifest(root: str, mode: str, theta_fid, delta_theta, input_sh
         if match:
             split = match.group(1) or "train"
             found.setdefault(split, {}).setdefault(match.group(2), []).append(
-                _scan(fs.join(root, rel), rel))
+                _scan(fs.join(root, rel), rel)
+            )
     if "train" not in found or "fiducial" not in found["train"]:
         raise ArchiveError("no fiducial_<n>.tfrecords files (reference layout) found", root)
     theta_fid = [float(t) for t in theta_fid]
     n_params = len(theta_fid)
     splits = [s for s in ("train", "validation") if s in found]
-    kinds = {"numerical": ("fiducial", "derivative"), "gradient": ("fiducial", "derivative"),
-             "fiducial": ("fiducial",)}[mode]
+    kinds = {
+        "numerical": ("fiducial", "derivative"),
+        "gradient": ("fiducial", "derivative"),
+        "fiducial": ("fiducial",),
+    }[mode]
     counts = {}
     for split in splits:
         for kind in kinds:
             files = found[split].get(kind)
             if not files:
-                raise ArchiveError(f"{mode} mode needs {kind} files for split {split!r} "
-                                   f"({'validation_' if split == 'validation' else ''}"
-                                   f"{kind}_<n>.tfrecords)", root)
+                raise ArchiveError(
+                    f"{mode} mode needs {kind} files for split {split!r} "
+                    f"({'validation_' if split == 'validation' else ''}"
+                    f"{kind}_<n>.tfrecords)",
+                    root,
+                )
             files.sort(key=lambda f: (f["first_seed"], f["path"]))
             counts[split, kind] = sum(f["count"] for f in files)
     n_s = counts["train", "fiducial"]
     rps = records_per_seed(mode, "derivative", n_params)
     n_d = counts["train", "derivative"] // rps if mode != "fiducial" else 0
     if mode != "fiducial" and counts["train", "derivative"] % rps:
-        raise ArchiveError(f"{counts['train', 'derivative']} derivative records are not a "
-                           f"multiple of 2·n_params = {rps}", root)
+        raise ArchiveError(
+            f"{counts['train', 'derivative']} derivative records are not a "
+            f"multiple of 2·n_params = {rps}",
+            root,
+        )
     base_seeds = dict(base_seeds or {})
     for i, s in enumerate(splits):
         base_seeds.setdefault(s, i)
-    m = Manifest(mode=mode, theta_fid=theta_fid,
-                 delta_theta=None if delta_theta is None else [float(t) for t in delta_theta],
-                 n_params=n_params, n_s=n_s, n_d=n_d, input_shape=[int(x) for x in input_shape],
-                 dtype=dtype, simulator={"name": simulator, "config": {
-                     "adopted_from": "imnn 0.3 TFRecords writer",
-                     "note": "base_seeds and rng versions unknown for adopted archives"}},
-                 rng={"jax": "unknown", "jaxlib": "unknown", "prng_impl": "unknown"},
-                 base_seeds={s: int(base_seeds[s]) for s in splits}, splits=splits,
-                 n_devices=1, records_per_shard=max(f["count"] for s in splits
-                                                    for k in kinds for f in found[s][k]),
-                 record_format="imnn-0.3")
+    m = Manifest(
+        mode=mode,
+        theta_fid=theta_fid,
+        delta_theta=None if delta_theta is None else [float(t) for t in delta_theta],
+        n_params=n_params,
+        n_s=n_s,
+        n_d=n_d,
+        input_shape=[int(x) for x in input_shape],
+        dtype=dtype,
+        simulator={
+            "name": simulator,
+            "config": {
+                "adopted_from": "imnn 0.3 TFRecords writer",
+                "note": "base_seeds and rng versions unknown for adopted archives",
+            },
+        },
+        rng={"jax": "unknown", "jaxlib": "unknown", "prng_impl": "unknown"},
+        base_seeds={s: int(base_seeds[s]) for s in splits},
+        splits=splits,
+        n_devices=1,
+        records_per_shard=max(f["count"] for s in splits for k in kinds for f in found[s][k]),
+        record_format="imnn-0.3",
+    )
     for split in splits:
         m.layout[split] = {}
         for kind in kinds:
@@ -105,31 +148,49 @@ def build_legacy_manifest(root: str, mode: str, theta_fid, delta_theta, input_sh
             n_seeds = n_s if kind == "fiducial" else n_d
             r = records_per_seed(mode, kind, n_params)
             if counts[split, kind] != n_seeds * r:
-                raise ArchiveError(f"split {split!r} has {counts[split, kind]} {kind} records, "
-                                   f"train has {n_seeds * r}", root)
+                raise ArchiveError(
+                    f"split {split!r} has {counts[split, kind]} {kind} records, "
+                    f"train has {n_seeds * r}",
+                    root,
+                )
             for f in files:
                 m.set_record_entries(f["path"], f.pop("_records"))
             m.layout[split][kind] = {
-                "first_seed": 0, "n_seeds": n_seeds, "records_per_seed": r,
+                "first_seed": 0,
+                "n_seeds": n_seeds,
+                "records_per_seed": r,
                 "finite_difference": kind == "derivative" and mode == "numerical",
                 "gradient": kind == "derivative" and mode == "gradient",
-                "devices": [{"device": 0, "first_seed": 0, "last_seed": n_seeds - 1,
-                             "files": files}]}
+                "devices": [
+                    {"device": 0, "first_seed": 0, "last_seed": n_seeds - 1, "files": files}
+                ],
+            }
     return m
 
 
-def adopt(root: str, mode: str, theta_fid, delta_theta, input_shape, dtype: str = "float32",
-          base_seeds: Optional[dict] = None, simulator: Optional[str] = None):
+def adopt(
+    root: str,
+    mode: str,
+    theta_fid,
+    delta_theta,
+    input_shape,
+    dtype: str = "float32",
+    base_seeds: Optional[dict] = None,
+    simulator: Optional[str] = None,
+):
     """Build, validate and (only if valid) write a manifest for a
     reference-format archive.  Returns ``(manifest, report)``; nothing is
     written when the report has errors.  Existing manifests are not
     overwritten."""
     from .validator import validate
+
     if fs.exists(fs.join(root, MANIFEST_NAME)):
-        raise ArchiveError("already has a manifest; refusing to overwrite it",
-                           fs.join(root, MANIFEST_NAME))
-    m = build_legacy_manifest(root, mode, theta_fid, delta_theta, input_shape, dtype,
-                              base_seeds, simulator)
+        raise ArchiveError(
+            "already has a manifest; refusing to overwrite it", fs.join(root, MANIFEST_NAME)
+        )
+    m = build_legacy_manifest(
+        root, mode, theta_fid, delta_theta, input_shape, dtype, base_seeds, simulator
+    )
     report = validate(root, manifest=m)
     if report.ok:
         write_manifest(root, m)

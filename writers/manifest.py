@@ -31,6 +31,7 @@ Schema (version 1)::
 The manifest is written last: it is the commit marker, and only the files it
 lists belong to the archive.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,31 @@ from typing import Optional
 
 from . import fs
 from .errors import ArchiveError, MissingFileError
-from .layout import (INDEX_NAME, MANIFEST_NAME, MODES, SPLITS, KindInfo, ShardSpec,
-                     device_seeds, kinds)
+from .layout import (
+    INDEX_NAME,
+    MANIFEST_NAME,
+    MODES,
+    SPLITS,
+    KindInfo,
+    ShardSpec,
+    device_seeds,
+    kinds,
+)
 from .schema import SUPPORTED_DTYPES, RecordSpec
 from .shard import FileMeta
 
-__all__ = ["Manifest", "MANIFEST_NAME", "INDEX_NAME", "new_manifest", "consistency_errors",
-           "kind_record_spec", "parse_manifest", "read_manifest", "write_manifest",
-           "jax_versions"]
+__all__ = [
+    "Manifest",
+    "MANIFEST_NAME",
+    "INDEX_NAME",
+    "new_manifest",
+    "consistency_errors",
+    "kind_record_spec",
+    "parse_manifest",
+    "read_manifest",
+    "write_manifest",
+    "jax_versions",
+]
 
 VERSION = 1
 FORMAT = "imnn-stream-archive"
@@ -55,6 +73,7 @@ FORMAT = "imnn-stream-archive"
 @dataclass
 class Manifest:
     """In-memory manifest; see the module docstring for the JSON schema."""
+
     mode: str
     theta_fid: list
     delta_theta: Optional[list]
@@ -83,23 +102,37 @@ class Manifest:
         try:
             k = self.layout[split][kind]
         except KeyError:
-            raise ArchiveError(f"archive has no kind {kind!r} in split {split!r} "
-                               f"(has {sorted(self.layout.get(split, {}))})",
-                               MANIFEST_NAME) from None
-        return KindInfo(kind, k["first_seed"], k["n_seeds"], k["records_per_seed"],
-                        k.get("finite_difference", False), k.get("gradient", False))
+            raise ArchiveError(
+                f"archive has no kind {kind!r} in split {split!r} "
+                f"(has {sorted(self.layout.get(split, {}))})",
+                MANIFEST_NAME,
+            ) from None
+        return KindInfo(
+            kind,
+            k["first_seed"],
+            k["n_seeds"],
+            k["records_per_seed"],
+            k.get("finite_difference", False),
+            k.get("gradient", False),
+        )
 
     def kinds(self, split: str) -> list[str]:
         if split not in self.layout:
-            raise ArchiveError(f"archive has no split {split!r} (has {list(self.layout)})",
-                               MANIFEST_NAME)
+            raise ArchiveError(
+                f"archive has no split {split!r} (has {list(self.layout)})", MANIFEST_NAME
+            )
         return list(self.layout[split])
 
     def record_spec(self, split: str, kind: str) -> RecordSpec:
         """Shapes and features of the records of one kind."""
         info = self.kind_info(split, kind)
-        return RecordSpec(tuple(self.input_shape), self.dtype, self.n_params,
-                          info.finite_difference, info.gradient)
+        return RecordSpec(
+            tuple(self.input_shape),
+            self.dtype,
+            self.n_params,
+            info.finite_difference,
+            info.gradient,
+        )
 
     def files(self, split: str, kind: str) -> list[dict]:
         """The kind's files in seed order (all devices concatenated)."""
@@ -122,8 +155,10 @@ class Manifest:
         """Record a written file in the layout (keeps files in path order)."""
         devices = self.layout[spec.split][spec.kind]["devices"]
         if spec.n_devices != len(devices):
-            raise ArchiveError(f"shard planned for {spec.n_devices} devices, manifest has "
-                               f"{len(devices)}", meta.path)
+            raise ArchiveError(
+                f"shard planned for {spec.n_devices} devices, manifest has {len(devices)}",
+                meta.path,
+            )
         files = devices[spec.device]["files"]
         files[:] = [f for f in files if f["path"] != meta.path] + [meta.to_json()]
         files.sort(key=lambda f: f["path"])
@@ -161,16 +196,29 @@ def jax_versions(prng_impl: Optional[str] = None) -> dict:
     """Versions of jax/jaxlib and the default PRNG implementation in use."""
     import jax
     import jaxlib
+
     impl = prng_impl or str(jax.config.jax_default_prng_impl)
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "prng_impl": impl}
 
 
-def new_manifest(mode: str, theta_fid, delta_theta, n_s: int, n_d: int, input_shape,
-                 dtype: str = "float32", simulator: Optional[str] = None,
-                 simulator_config: Optional[dict] = None, base_seeds: Optional[dict] = None,
-                 splits=SPLITS, n_devices: int = 1, records_per_shard: int = 1000,
-                 max_bytes: Optional[int] = None, rng: Optional[dict] = None,
-                 record_format: str = "imnn-stream") -> Manifest:
+def new_manifest(
+    mode: str,
+    theta_fid,
+    delta_theta,
+    n_s: int,
+    n_d: int,
+    input_shape,
+    dtype: str = "float32",
+    simulator: Optional[str] = None,
+    simulator_config: Optional[dict] = None,
+    base_seeds: Optional[dict] = None,
+    splits=SPLITS,
+    n_devices: int = 1,
+    records_per_shard: int = 1000,
+    max_bytes: Optional[int] = None,
+    rng: Optional[dict] = None,
+    record_format: str = "imnn-stream",
+) -> Manifest:
     """A manifest with an empty per-device layout for every split and kind.
 
     theta_fid, delta_theta: length-n_params sequences (delta_theta required
@@ -185,27 +233,39 @@ def new_manifest(mode: str, theta_fid, delta_theta, n_s: int, n_d: int, input_sh
     for i, s in enumerate(splits):
         base_seeds.setdefault(s, i)
     base_seeds = {s: int(base_seeds[s]) for s in splits}
-    m = Manifest(mode=mode, theta_fid=theta_fid, delta_theta=delta_theta, n_params=n_params,
-                 n_s=int(n_s), n_d=int(n_d), input_shape=[int(x) for x in input_shape],
-                 dtype=str(dtype), simulator={"name": simulator,
-                                              "config": dict(simulator_config or {})},
-                 rng=rng if rng is not None else jax_versions(), base_seeds=base_seeds,
-                 splits=list(splits), n_devices=int(n_devices),
-                 records_per_shard=int(records_per_shard), max_bytes=max_bytes,
-                 record_format=record_format)
+    m = Manifest(
+        mode=mode,
+        theta_fid=theta_fid,
+        delta_theta=delta_theta,
+        n_params=n_params,
+        n_s=int(n_s),
+        n_d=int(n_d),
+        input_shape=[int(x) for x in input_shape],
+        dtype=str(dtype),
+        simulator={"name": simulator, "config": dict(simulator_config or {})},
+        rng=rng if rng is not None else jax_versions(),
+        base_seeds=base_seeds,
+        splits=list(splits),
+        n_devices=int(n_devices),
+        records_per_shard=int(records_per_shard),
+        max_bytes=max_bytes,
+        record_format=record_format,
+    )
     for split in splits:
         m.layout[split] = {}
         for info in kinds(mode, m.n_s, m.n_d, n_params):
             devices = []
             for d in range(n_devices):
                 a, b = device_seeds(info, n_devices, d)
-                devices.append({"device": d, "first_seed": a, "last_seed": b - 1,
-                                "files": []})
+                devices.append({"device": d, "first_seed": a, "last_seed": b - 1, "files": []})
             m.layout[split][info.kind] = {
-                "first_seed": info.first_seed, "n_seeds": info.n_seeds,
+                "first_seed": info.first_seed,
+                "n_seeds": info.n_seeds,
                 "records_per_seed": info.records_per_seed,
-                "finite_difference": info.finite_difference, "gradient": info.gradient,
-                "devices": devices}
+                "finite_difference": info.finite_difference,
+                "gradient": info.gradient,
+                "devices": devices,
+            }
     errors = consistency_errors(m, require_files=False)
     if errors:
         raise ArchiveError("; ".join(errors), MANIFEST_NAME)
@@ -229,15 +289,15 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
         return e
     if not isinstance(m.theta_fid, list) or len(m.theta_fid) != m.n_params:
         e.append(f"theta_fid: expected {m.n_params} values, got {m.theta_fid!r}")
-    if m.mode == "numerical" and (not isinstance(m.delta_theta, list)
-                                  or len(m.delta_theta) != m.n_params):
-        e.append(f"delta_theta: numerical mode needs {m.n_params} values, "
-                 f"got {m.delta_theta!r}")
-    elif m.delta_theta is not None and (not isinstance(m.delta_theta, list)
-                                        or len(m.delta_theta) != m.n_params):
+    if m.mode == "numerical" and (
+        not isinstance(m.delta_theta, list) or len(m.delta_theta) != m.n_params
+    ):
+        e.append(f"delta_theta: numerical mode needs {m.n_params} values, got {m.delta_theta!r}")
+    elif m.delta_theta is not None and (
+        not isinstance(m.delta_theta, list) or len(m.delta_theta) != m.n_params
+    ):
         e.append(f"delta_theta: expected {m.n_params} values or null, got {m.delta_theta!r}")
-    if not (isinstance(m.input_shape, list) and all(is_int(x) and x > 0
-                                                    for x in m.input_shape)):
+    if not (isinstance(m.input_shape, list) and all(is_int(x) and x > 0 for x in m.input_shape)):
         e.append(f"input_shape: expected a list of positive integers, got {m.input_shape!r}")
     if m.dtype not in SUPPORTED_DTYPES:
         e.append(f"dtype: expected one of {SUPPORTED_DTYPES}, got {m.dtype!r}")
@@ -245,10 +305,8 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
         e.append(f"splits: expected a non-empty subset of {SPLITS}, got {m.splits!r}")
     if set(m.layout) != set(m.splits):
         e.append(f"layout: splits {sorted(m.layout)} differ from splits {sorted(m.splits)}")
-    if set(m.base_seeds) != set(m.splits) or not all(is_int(v)
-                                                     for v in m.base_seeds.values()):
-        e.append(f"base_seeds: expected an integer for each of {m.splits}, "
-                 f"got {m.base_seeds!r}")
+    if set(m.base_seeds) != set(m.splits) or not all(is_int(v) for v in m.base_seeds.values()):
+        e.append(f"base_seeds: expected an integer for each of {m.splits}, got {m.base_seeds!r}")
     elif len(set(m.base_seeds.values())) != len(m.base_seeds):
         e.append(f"base_seeds: splits must use different seeds, got {m.base_seeds!r}")
     if e:
@@ -259,19 +317,26 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
         return [str(err)]
     if m.record_format == "imnn-0.3" and m.mode == "gradient":
         # Adopted reference archives keep their fiducial/derivative files.
-        expected = {"fiducial": KindInfo("fiducial", 0, m.n_s, 1),
-                    "derivative": KindInfo("derivative", 0, m.n_d, 1, gradient=True)}
+        expected = {
+            "fiducial": KindInfo("fiducial", 0, m.n_s, 1),
+            "derivative": KindInfo("derivative", 0, m.n_d, 1, gradient=True),
+        }
     for split in m.splits:
         layout = m.layout[split]
         if set(layout) != set(expected):
-            e.append(f"layout.{split}: kinds {sorted(layout)}, expected "
-                     f"{sorted(expected)} for mode {m.mode!r}")
+            e.append(
+                f"layout.{split}: kinds {sorted(layout)}, expected "
+                f"{sorted(expected)} for mode {m.mode!r}"
+            )
             continue
         for kind, info in expected.items():
             k = layout[kind]
             where = f"layout.{split}.{kind}"
-            for key, want in (("first_seed", info.first_seed), ("n_seeds", info.n_seeds),
-                              ("records_per_seed", info.records_per_seed)):
+            for key, want in (
+                ("first_seed", info.first_seed),
+                ("n_seeds", info.n_seeds),
+                ("records_per_seed", info.records_per_seed),
+            ):
                 if k.get(key) != want:
                     e.append(f"{where}.{key}: expected {want}, got {k.get(key)!r}")
             devices = k.get("devices", [])
@@ -284,8 +349,10 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
                 if dev.get("device") != d:
                     e.append(f"{dw}.device: expected {d}, got {dev.get('device')!r}")
                 if dev.get("first_seed") != next_seed:
-                    e.append(f"{dw}.first_seed: expected {next_seed} (contiguous with the "
-                             f"previous device), got {dev.get('first_seed')!r}")
+                    e.append(
+                        f"{dw}.first_seed: expected {next_seed} (contiguous with the "
+                        f"previous device), got {dev.get('first_seed')!r}"
+                    )
                 last = dev.get("last_seed")
                 if not is_int(last) or not is_int(dev.get("first_seed")):
                     e.append(f"{dw}: seeds must be integers")
@@ -296,8 +363,11 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
                 fseed = dev["first_seed"]
                 for j, f in enumerate(files):
                     fw = f"{dw}.files[{j}] ({f.get('path')})"
-                    missing = [x for x in ("path", "count", "first_seed", "last_seed",
-                                           "bytes", "sha256") if x not in f]
+                    missing = [
+                        x
+                        for x in ("path", "count", "first_seed", "last_seed", "bytes", "sha256")
+                        if x not in f
+                    ]
                     if missing:
                         e.append(f"{fw}: missing {missing}")
                         continue
@@ -305,15 +375,19 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
                         e.append(f"{fw}.first_seed: expected {fseed}, got {f['first_seed']}")
                     n = (f["last_seed"] - f["first_seed"] + 1) * info.records_per_seed
                     if f["count"] != n:
-                        e.append(f"{fw}.count: seeds {f['first_seed']}..{f['last_seed']} need "
-                                 f"{n} records, manifest says {f['count']}")
+                        e.append(
+                            f"{fw}.count: seeds {f['first_seed']}..{f['last_seed']} need "
+                            f"{n} records, manifest says {f['count']}"
+                        )
                     fseed = f["last_seed"] + 1
                 if files and fseed != last + 1:
                     e.append(f"{dw}: files end at seed {fseed - 1}, device ends at {last}")
                 next_seed = last + 1
             if next_seed != info.first_seed + info.n_seeds:
-                e.append(f"{where}: devices cover seeds {info.first_seed}..{next_seed - 1}, "
-                         f"expected {info.first_seed}..{info.first_seed + info.n_seeds - 1}")
+                e.append(
+                    f"{where}: devices cover seeds {info.first_seed}..{next_seed - 1}, "
+                    f"expected {info.first_seed}..{info.first_seed + info.n_seeds - 1}"
+                )
     return e
 
 
@@ -326,10 +400,13 @@ def write_manifest(root: str, manifest: Manifest, write_index: bool = True) -> s
     """
     errors = consistency_errors(manifest)
     if errors:
-        raise ArchiveError("refusing to write an inconsistent manifest: " + "; ".join(errors),
-                           fs.join(root, MANIFEST_NAME))
+        raise ArchiveError(
+            "refusing to write an inconsistent manifest: " + "; ".join(errors),
+            fs.join(root, MANIFEST_NAME),
+        )
     if write_index:
         from .index import write_index as _write_index
+
         _write_index(root, manifest)
         manifest.index = INDEX_NAME
     path = fs.join(root, MANIFEST_NAME)
@@ -367,8 +444,7 @@ def read_manifest(root: str) -> Manifest:
     if not fs.exists(path):
         if not fs.exists(root) and not fs.is_url(root):
             raise MissingFileError("archive directory does not exist", str(root))
-        raise MissingFileError("no manifest (not an archive, or its writing never "
-                               "finished)", path)
+        raise MissingFileError("no manifest (not an archive, or its writing never finished)", path)
     m = parse_manifest(fs.read_bytes(path), path)
     errors = consistency_errors(m)
     if errors:

@@ -8,6 +8,7 @@ dtype[input_shape + (n_params,)].  For local archives,
 :mod:`writers.streams` instead (TensorFlow's gs:// client cannot use an
 emulator and TF 2.21 has no s3://).
 """
+
 from __future__ import annotations
 
 from .manifest import Manifest, kind_record_spec
@@ -15,6 +16,7 @@ from .manifest import Manifest, kind_record_spec
 
 def _tf():
     import tensorflow as tf
+
     return tf
 
 
@@ -23,8 +25,10 @@ def parse_fn(manifest: Manifest, split: str, kind: str):
     tf = _tf()
     spec = kind_record_spec(manifest, split, kind)
     dtype = tf.as_dtype(spec.dtype)
-    features = {"data": tf.io.FixedLenFeature([], tf.string),
-                "seed": tf.io.FixedLenFeature([], tf.int64)}
+    features = {
+        "data": tf.io.FixedLenFeature([], tf.string),
+        "seed": tf.io.FixedLenFeature([], tf.int64),
+    }
     if spec.finite_difference:
         features["derivative"] = tf.io.FixedLenFeature([], tf.int64)
         features["parameter"] = tf.io.FixedLenFeature([], tf.int64)
@@ -36,11 +40,13 @@ def parse_fn(manifest: Manifest, split: str, kind: str):
     def parse(serialized):
         ex = tf.io.parse_single_example(serialized, features)
         out = dict(ex)
-        out["data"] = tf.reshape(tf.io.decode_raw(ex["data"], dtype, little_endian=True),
-                                 data_shape)
+        out["data"] = tf.reshape(
+            tf.io.decode_raw(ex["data"], dtype, little_endian=True), data_shape
+        )
         if spec.gradient:
             out["gradient"] = tf.reshape(
-                tf.io.decode_raw(ex["gradient"], dtype, little_endian=True), grad_shape)
+                tf.io.decode_raw(ex["gradient"], dtype, little_endian=True), grad_shape
+            )
         return out
 
     return parse
@@ -49,7 +55,7 @@ def parse_fn(manifest: Manifest, split: str, kind: str):
 def tf_dataset(root: str, manifest: Manifest, split: str, kind: str):
     """tf.data.Dataset of one kind's parsed records in seed order (local files)."""
     from . import fs
+
     tf = _tf()
     files = [fs.join(root, f["path"]) for f in manifest.files(split, kind)]
-    return tf.data.TFRecordDataset(files, buffer_size=1 << 20).map(
-        parse_fn(manifest, split, kind))
+    return tf.data.TFRecordDataset(files, buffer_size=1 << 20).map(parse_fn(manifest, split, kind))

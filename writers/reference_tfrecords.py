@@ -14,6 +14,7 @@ In gradient mode ``derivative_parser`` returns dsim/dθ,
 dtype[input_shape + (n_params,)], read from ``gradient`` (our ``main``
 records) or, when absent, from ``data`` (reference ``derivative`` files).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -39,8 +40,12 @@ class TFRecords:
     def from_manifest(cls, manifest_or_root) -> "TFRecords":
         """Configure from a :class:`~writers.manifest.Manifest` or an archive root."""
         from .manifest import Manifest, read_manifest
-        m = manifest_or_root if isinstance(manifest_or_root, Manifest) else read_manifest(
-            manifest_or_root)
+
+        m = (
+            manifest_or_root
+            if isinstance(manifest_or_root, Manifest)
+            else read_manifest(manifest_or_root)
+        )
         return cls(m.input_shape, m.n_params, m.dtype)
 
     def serialize(self, data, seed: int, derivative=None, parameter=None, gradient=None) -> bytes:
@@ -48,37 +53,48 @@ class TFRecords:
         must already have this writer's shape and dtype (no silent casts)."""
         a = np.asarray(data)
         if a.shape != self.input_shape or a.dtype != self.dtype:
-            raise ValueError(f"data: expected {self.dtype}{list(self.input_shape)}, got "
-                             f"{a.dtype}{list(a.shape)}")
+            raise ValueError(
+                f"data: expected {self.dtype}{list(self.input_shape)}, got {a.dtype}{list(a.shape)}"
+            )
         return encode_example(a, seed, derivative, parameter, gradient)
 
     def _decode(self, raw, shape):
         import tensorflow as tf
-        return tf.reshape(tf.io.decode_raw(raw, tf.as_dtype(self.dtype), little_endian=True),
-                          shape)
+
+        return tf.reshape(tf.io.decode_raw(raw, tf.as_dtype(self.dtype), little_endian=True), shape)
 
     def parser(self, example):
         """Serialised record → simulation tensor dtype[input_shape]."""
         import tensorflow as tf
-        parsed = tf.io.parse_single_example(
-            example, {"data": tf.io.FixedLenFeature([], tf.string)})
+
+        parsed = tf.io.parse_single_example(example, {"data": tf.io.FixedLenFeature([], tf.string)})
         return self._decode(parsed["data"], self.input_shape)
 
     def derivative_parser(self, example, n_params: Optional[int] = None):
         """Serialised record → dsim/dθ tensor dtype[input_shape + (n_params,)]."""
         import tensorflow as tf
+
         n_params = n_params if n_params is not None else self.n_params
         if n_params is None:
             raise ValueError("derivative_parser needs n_params (argument or constructor)")
-        parsed = tf.io.parse_single_example(example, {
-            "data": tf.io.FixedLenFeature([], tf.string),
-            "gradient": tf.io.FixedLenFeature([], tf.string, default_value="")})
-        raw = tf.cond(tf.strings.length(parsed["gradient"]) > 0,
-                      lambda: parsed["gradient"], lambda: parsed["data"])
+        parsed = tf.io.parse_single_example(
+            example,
+            {
+                "data": tf.io.FixedLenFeature([], tf.string),
+                "gradient": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            },
+        )
+        raw = tf.cond(
+            tf.strings.length(parsed["gradient"]) > 0,
+            lambda: parsed["gradient"],
+            lambda: parsed["data"],
+        )
         return self._decode(raw, self.input_shape + (int(n_params),))
 
     def seed_parser(self, example):
         """Serialised record → its seed index (int64 scalar tensor)."""
         import tensorflow as tf
-        return tf.io.parse_single_example(
-            example, {"seed": tf.io.FixedLenFeature([], tf.int64)})["seed"]
+
+        return tf.io.parse_single_example(example, {"seed": tf.io.FixedLenFeature([], tf.int64)})[
+            "seed"
+        ]

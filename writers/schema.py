@@ -17,6 +17,7 @@ workers and readers never import TensorFlow; the bytes are identical in
 meaning to ``tf.train.Example(...).SerializeToString()`` and are parsed by
 ``tf.io.parse_single_example``.
 """
+
 from __future__ import annotations
 
 import struct
@@ -39,6 +40,7 @@ class RecordSpec:
     finite_difference: records carry ``derivative`` and ``parameter``;
     gradient: records carry ``gradient`` of shape ``input_shape + (n_params,)``.
     """
+
     input_shape: tuple
     dtype: str = "float32"
     n_params: int = 0
@@ -63,6 +65,7 @@ class RecordSpec:
 
 
 # --------------------------------------------------------------------------- encode
+
 
 def _varint(value: int) -> bytes:
     value &= (1 << 64) - 1  # negative int64 are ten-byte two's complement varints
@@ -96,8 +99,13 @@ def _raw_le(array, name: str) -> bytes:
     return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
 
 
-def encode_example(data, seed: int, derivative: Optional[int] = None,
-                   parameter: Optional[int] = None, gradient=None) -> bytes:
+def encode_example(
+    data,
+    seed: int,
+    derivative: Optional[int] = None,
+    parameter: Optional[int] = None,
+    gradient=None,
+) -> bytes:
     """Serialise one record as a tf.train.Example (bytes).
 
     data: float array of shape ``input_shape`` (its dtype is kept);
@@ -108,10 +116,11 @@ def encode_example(data, seed: int, derivative: Optional[int] = None,
     if (derivative is None) != (parameter is None):
         raise ArchiveError("derivative and parameter must be given together")
     if gradient is not None and np.asarray(gradient).dtype != np.asarray(data).dtype:
-        raise ArchiveError(f"gradient dtype {np.asarray(gradient).dtype} differs from "
-                           f"data dtype {np.asarray(data).dtype}")
-    entries = {"data": _feature_bytes(_raw_le(data, "data")),
-               "seed": _feature_int64(seed)}
+        raise ArchiveError(
+            f"gradient dtype {np.asarray(gradient).dtype} differs from "
+            f"data dtype {np.asarray(data).dtype}"
+        )
+    entries = {"data": _feature_bytes(_raw_le(data, "data")), "seed": _feature_int64(seed)}
     if derivative is not None:
         if int(derivative) not in (0, 1):
             raise ArchiveError(f"derivative sign must be 0 or 1, got {derivative}")
@@ -121,11 +130,13 @@ def encode_example(data, seed: int, derivative: Optional[int] = None,
         entries["gradient"] = _feature_bytes(_raw_le(gradient, "gradient"))
     features = b"".join(
         _len_delimited(1, _len_delimited(1, k.encode()) + _len_delimited(2, v))
-        for k, v in sorted(entries.items()))
+        for k, v in sorted(entries.items())
+    )
     return _len_delimited(1, features)
 
 
 # --------------------------------------------------------------------------- decode
+
 
 def _read_varint(buf, pos: int):
     result = 0
@@ -176,7 +187,7 @@ def _parse_feature(buf, start: int, end: int):
             while p < lst_end:
                 t, p = _read_varint(buf, p)
                 m, p = _read_varint(buf, p)
-                values.append(bytes(buf[p:p + m]))
+                values.append(bytes(buf[p : p + m]))
                 p += m
         elif field == 3:
             kind = "int64"
@@ -236,7 +247,7 @@ def parse_features(raw: bytes) -> dict:
                     t, pos = _read_varint(buf, pos)
                     m, pos = _read_varint(buf, pos)
                     if t == 0x0A:
-                        key = bytes(buf[pos:pos + m]).decode()
+                        key = bytes(buf[pos : pos + m]).decode()
                     elif t == 0x12:
                         value = _parse_feature(buf, pos, pos + m)
                     pos += m
@@ -267,8 +278,9 @@ def parse_flat(raw: bytes) -> dict:
         out = {}
         for name, (kind, values) in parse_features(raw).items():
             if len(values) != 1 or kind not in ("bytes", "int64"):
-                raise ValueError(f"feature {name!r}: expected one bytes or int64 value, "
-                                 f"got {len(values)} {kind}")
+                raise ValueError(
+                    f"feature {name!r}: expected one bytes or int64 value, got {len(values)} {kind}"
+                )
             out[name] = values[0]
         return out
 
@@ -276,6 +288,7 @@ def parse_flat(raw: bytes) -> dict:
 def _parse_flat(b: bytes, offsets: Optional[dict] = None) -> dict:
     """See :func:`parse_flat`; ``offsets``, if given, receives
     ``{name: (start, end)}`` of each value's bytes (the varint of an int)."""
+
     def varint(pos):
         x = b[pos]
         if x < 0x80:
@@ -297,7 +310,7 @@ def _parse_flat(b: bytes, offsets: Optional[dict] = None) -> dict:
         if b[pos] != 0x0A:  # key
             raise ValueError("map entry without key first")
         n, pos = varint(pos + 1)
-        key = b[pos:pos + n].decode()
+        key = b[pos : pos + n].decode()
         pos += n
         if b[pos] != 0x12:  # value: Feature
             raise ValueError("map entry without value")
@@ -333,26 +346,30 @@ def _parse_flat(b: bytes, offsets: Optional[dict] = None) -> dict:
 def _scalar(features: dict, name: str, path, record) -> int:
     kind, values = features.get(name, (None, []))
     if kind != "int64" or len(values) != 1:
-        raise ArchiveError(f"feature {name!r}: expected one int64, got {kind} {values[:3]}",
-                           path, record)
+        raise ArchiveError(
+            f"feature {name!r}: expected one int64, got {kind} {values[:3]}", path, record
+        )
     return values[0]
 
 
 def _array(features: dict, name: str, dtype: np.dtype, shape: tuple, path, record):
     kind, values = features.get(name, (None, []))
     if kind != "bytes" or len(values) != 1:
-        raise ArchiveError(f"feature {name!r}: expected one bytes value, got {kind}",
-                           path, record)
+        raise ArchiveError(f"feature {name!r}: expected one bytes value, got {kind}", path, record)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(values[0]) != expected:
         raise ArchiveError(
             f"feature {name!r}: expected {expected} bytes ({dtype.name}{list(shape)}), "
-            f"got {len(values[0])} (wrong dtype or shape)", path, record)
+            f"got {len(values[0])} (wrong dtype or shape)",
+            path,
+            record,
+        )
     return np.frombuffer(values[0], dtype=dtype).reshape(shape)
 
 
-def decode_example(raw: bytes, spec: RecordSpec, path: str | None = None,
-                   record: int | None = None) -> dict:
+def decode_example(
+    raw: bytes, spec: RecordSpec, path: str | None = None, record: int | None = None
+) -> dict:
     """Decode one record into numpy values checked against ``spec``.
 
     Returns ``{"seed": int, "data": dtype[input_shape]}`` plus
@@ -367,18 +384,21 @@ def decode_example(raw: bytes, spec: RecordSpec, path: str | None = None,
     return decode_features(features, spec, path, record)
 
 
-def decode_features(features: dict, spec: RecordSpec, path: str | None = None,
-                    record: int | None = None) -> dict:
+def decode_features(
+    features: dict, spec: RecordSpec, path: str | None = None, record: int | None = None
+) -> dict:
     """:func:`decode_example` of a record already parsed by :func:`parse_features`."""
-    out = {"seed": _scalar(features, "seed", path, record),
-           "data": _array(features, "data", spec.np_dtype, tuple(spec.input_shape),
-                          path, record)}
+    out = {
+        "seed": _scalar(features, "seed", path, record),
+        "data": _array(features, "data", spec.np_dtype, tuple(spec.input_shape), path, record),
+    }
     if spec.finite_difference:
         out["derivative"] = _scalar(features, "derivative", path, record)
         out["parameter"] = _scalar(features, "parameter", path, record)
     if spec.gradient:
-        out["gradient"] = _array(features, "gradient", spec.np_dtype, spec.gradient_shape,
-                                 path, record)
+        out["gradient"] = _array(
+            features, "gradient", spec.np_dtype, spec.gradient_shape, path, record
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """Write one shard file from an iterator of serialised records."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +24,7 @@ class FileMeta:
     -1 when absent; offset/length of the framed record in bytes) for the
     Parquet index; it is not stored in the manifest.
     """
+
     path: str
     count: int
     first_seed: int
@@ -34,8 +36,10 @@ class FileMeta:
     def to_json(self, include_records: bool = False) -> dict:
         # a shallow dict: dataclasses.asdict would deep-copy the per-record index
         # (~13 µs per record, serial in the manifest step of large archives)
-        d = {k: getattr(self, k) for k in ("path", "count", "first_seed", "last_seed", "bytes",
-                                            "sha256")}
+        d = {
+            k: getattr(self, k)
+            for k in ("path", "count", "first_seed", "last_seed", "bytes", "sha256")
+        }
         if include_records:
             d["records"] = self.records
         return d
@@ -46,8 +50,9 @@ class FileMeta:
         return cls(**{k: d[k] for k in keys if k in d})
 
 
-def write_shard(root: str, spec_or_relpath: Union[ShardSpec, str],
-                records: Iterable[bytes]) -> FileMeta:
+def write_shard(
+    root: str, spec_or_relpath: Union[ShardSpec, str], records: Iterable[bytes]
+) -> FileMeta:
     """Write ``records`` (serialised tf.train.Examples) as one TFRecord file.
 
     The file is written under a temporary name and renamed (local) or
@@ -71,21 +76,31 @@ def write_shard(root: str, spec_or_relpath: Union[ShardSpec, str],
             if seed is None:
                 raise ArchiveError("record has no int64 'seed' feature", relpath, i)
             if spec is not None and not spec.first_seed <= seed <= spec.last_seed:
-                raise ArchiveError(f"seed {seed} outside the shard's range "
-                                   f"{spec.first_seed}..{spec.last_seed}", relpath, i)
+                raise ArchiveError(
+                    f"seed {seed} outside the shard's range {spec.first_seed}..{spec.last_seed}",
+                    relpath,
+                    i,
+                )
             framed = frame(raw)
             f.write(framed)
             digest.update(framed)
-            index.append((seed, -1 if sign is None else sign,
-                          -1 if parameter is None else parameter, offset, len(framed)))
+            index.append(
+                (
+                    seed,
+                    -1 if sign is None else sign,
+                    -1 if parameter is None else parameter,
+                    offset,
+                    len(framed),
+                )
+            )
             offset += len(framed)
         if not index:
             raise ArchiveError("no records to write", relpath)
         if spec is not None and len(index) != spec.n_records:
-            raise ArchiveError(f"expected {spec.n_records} records, got {len(index)}",
-                               relpath)
-    return FileMeta(relpath, len(index), index[0][0], index[-1][0], offset,
-                    digest.hexdigest(), index)
+            raise ArchiveError(f"expected {spec.n_records} records, got {len(index)}", relpath)
+    return FileMeta(
+        relpath, len(index), index[0][0], index[-1][0], offset, digest.hexdigest(), index
+    )
 
 
 def file_digest(path: str) -> tuple[int, str]:

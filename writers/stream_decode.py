@@ -7,6 +7,7 @@ of one byte layout with a few NumPy slices (:class:`_Template`,
 :func:`_varints`); :meth:`Source.fill_one` decodes a single record with the
 per-record parser and names the file and record in any error.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -41,8 +42,12 @@ def _bytes_into(out: np.ndarray, i: int, feats: dict, name: str, path, r) -> Non
     flat = out.reshape(out.shape[0], -1).view(np.uint8)  # a view: rows of raw bytes
     if not isinstance(value, bytes) or len(value) != flat.shape[1]:
         got = len(value) if isinstance(value, bytes) else type(value).__name__
-        raise ArchiveError(f"feature {name!r}: expected {flat.shape[1]} bytes "
-                           f"({out.dtype.name}{list(out.shape[1:])}), got {got}", path, r)
+        raise ArchiveError(
+            f"feature {name!r}: expected {flat.shape[1]} bytes "
+            f"({out.dtype.name}{list(out.shape[1:])}), got {got}",
+            path,
+            r,
+        )
     flat[i] = np.frombuffer(value, np.uint8)
 
 
@@ -109,8 +114,11 @@ class Source:
         ``i`` of the batch arrays with the per-record parser."""
         feats = _parse(raw, path, r)
         if feats.get("seed") != seed:
-            raise ArchiveError(f"expected seed {seed}, got {feats.get('seed')} "
-                               f"(records out of order or missing)", path, r)
+            raise ArchiveError(
+                f"expected seed {seed}, got {feats.get('seed')} (records out of order or missing)",
+                path,
+                r,
+            )
         for name, key, typ, _ in self.fields:
             (_int_into if typ == "int" else _bytes_into)(batch[key], i, feats, name, path, r)
 
@@ -159,7 +167,7 @@ class Source:
         if m == 0:
             return 0
         for key, v in values.items():
-            out = batch[key][i0:i0 + m]
+            out = batch[key][i0 : i0 + m]
             if v.ndim == 1:
                 out[:] = v[:m]
             else:

@@ -6,6 +6,7 @@ Device ``d`` of ``D`` reads the contiguous seed block
 was written for: files are regrouped by seed range into :class:`Segment`
 pieces.  Pure arithmetic on the manifest; no I/O.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .manifest import Manifest
 @dataclass(frozen=True)
 class Segment:
     """Records ``[skip, skip + take)`` of one file (path relative to root)."""
+
     path: str
     skip: int
     take: int
@@ -26,13 +28,16 @@ class Segment:
 
 def stream_kinds(manifest: Manifest) -> list[str]:
     """Kinds the trainers consume for this archive's mode."""
-    return {"numerical": ["fiducial", "derivative"],
-            "gradient": ["main", "remaining"] if manifest.n_s > manifest.n_d else ["main"],
-            "fiducial": ["fiducial"]}[manifest.mode]
+    return {
+        "numerical": ["fiducial", "derivative"],
+        "gradient": ["main", "remaining"] if manifest.n_s > manifest.n_d else ["main"],
+        "fiducial": ["fiducial"],
+    }[manifest.mode]
 
 
-def segments(manifest: Manifest, split: str, kind: str, n_devices: int,
-             device: int) -> list[Segment]:
+def segments(
+    manifest: Manifest, split: str, kind: str, n_devices: int, device: int
+) -> list[Segment]:
     """The file pieces device ``device`` of ``n_devices`` reads for a kind."""
     info = manifest.kind_info(split, kind)
     try:
@@ -40,7 +45,9 @@ def segments(manifest: Manifest, split: str, kind: str, n_devices: int,
     except LayoutError as e:
         raise LayoutError(
             f"cannot split split {split!r} between {n_devices} devices: {e.detail} "
-            f"(archive written for {manifest.n_devices})", MANIFEST_NAME) from None
+            f"(archive written for {manifest.n_devices})",
+            MANIFEST_NAME,
+        ) from None
     return seed_segments(manifest, split, kind, a, b)
 
 

@@ -7,6 +7,7 @@ bounded by ``prefetch + 2`` batches plus, per source, one read buffer and
 one block of decoded records.  Errors in the thread (corrupt or missing
 file) are raised from ``next()``.
 """
+
 from __future__ import annotations
 
 import queue
@@ -28,16 +29,24 @@ class DeviceStream:
     missing file) are raised from ``next()``.
     """
 
-    def __init__(self, sources: list[Source], n_per_device: int, epoch: int,
-                 dtype: np.dtype, prefetch: int = 2):
+    def __init__(
+        self,
+        sources: list[Source],
+        n_per_device: int,
+        epoch: int,
+        dtype: np.dtype,
+        prefetch: int = 2,
+    ):
         if n_per_device < 1:
             raise ValueError(f"n_per_device must be >= 1, got {n_per_device}")
         self.n_per_device, self.epoch = n_per_device, epoch
         self._queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=_produce, args=(sources, n_per_device, epoch, dtype, self._queue,
-                                   self._stop), daemon=True)
+            target=_produce,
+            args=(sources, n_per_device, epoch, dtype, self._queue, self._stop),
+            daemon=True,
+        )
         self._thread.start()
         weakref.finalize(self, self._stop.set)
 
@@ -82,15 +91,19 @@ def _produce(sources, n, epoch, dtype, q, stop):
                     for s in sources:
                         for _, key, typ, shape in s.fields:
                             if key not in batch:
-                                batch[key] = (np.empty((size,), np.int64) if typ == "int"
-                                              else np.empty((size,) + shape, dtype))
+                                batch[key] = (
+                                    np.empty((size,), np.int64)
+                                    if typ == "int"
+                                    else np.empty((size,) + shape, dtype)
+                                )
                     # Each source checks its records' seeds against the device's
                     # seed range, so zipped sources are matched by seed.
                     for r in readers:
                         got = r.read_into(batch, size)
                         if got != size:
-                            raise ArchiveError(f"stream ended after {done + got} "
-                                               f"records of an epoch of {epoch}")
+                            raise ArchiveError(
+                                f"stream ended after {done + got} records of an epoch of {epoch}"
+                            )
                     done += size
                     if not _put(q, batch, stop):
                         return

@@ -8,6 +8,7 @@ path, whose errors (:func:`writers.framing.header_length`,
 :func:`writers.framing.check_payload`) name the file and record, numbered
 from the start of the file.
 """
+
 from __future__ import annotations
 
 import struct
@@ -16,16 +17,23 @@ import numpy as np
 
 from . import fs
 from .errors import ArchiveError
-from .framing import (FRAMING_BYTES, HEADER_BYTES, check_payload, header_length, masked_crc,
-                      scan_run, true_prefix)
+from .framing import (
+    FRAMING_BYTES,
+    HEADER_BYTES,
+    check_payload,
+    header_length,
+    masked_crc,
+    scan_run,
+    true_prefix,
+)
 from .stream_decode import Source
 
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 
-READ_CHUNK = 1 << 20   # bytes read at a time when the segment has that many left
+READ_CHUNK = 1 << 20  # bytes read at a time when the segment has that many left
 MAX_RUN_BYTES = 4 << 20  # at most this many bytes of records decoded per step
-BLOCK_BYTES = 1 << 20    # decoded records kept ahead of small batches
+BLOCK_BYTES = 1 << 20  # decoded records kept ahead of small batches
 DIRECT_BYTES = 256 << 10  # batches at least this large are decoded in place
 
 
@@ -52,16 +60,20 @@ class Reader:
         self.seg = None
         self.f = None
         self.path = None
-        self.done = 0      # records of the segment consumed
+        self.done = 0  # records of the segment consumed
         self.buf = b""
-        self.pos = 0       # read position in buf
-        self.base = 0      # file offset of buf[0]
+        self.pos = 0  # read position in buf
+        self.base = 0  # file offset of buf[0]
         self.eof = False
         self.block, self.bpos, self.blen = {}, 0, 0  # decoded records not yet handed out
         self.keys = {key for _, key, _, _ in source.fields}
-        self.row_bytes = max(1, sum(8 if typ == "int" else
-                                    int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                                    for _, _, typ, shape in source.fields))
+        self.row_bytes = max(
+            1,
+            sum(
+                8 if typ == "int" else int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                for _, _, typ, shape in source.fields
+            ),
+        )
 
     def close(self) -> None:
         if self.f is not None:
@@ -94,7 +106,7 @@ class Reader:
             return have
         chunk = self._read(max(need, want) - have)
         self.base += self.pos
-        self.buf = self.buf[self.pos:] + chunk if have else chunk
+        self.buf = self.buf[self.pos :] + chunk if have else chunk
         self.pos = 0
         return self._have()
 
@@ -153,7 +165,7 @@ class Reader:
             if self.bpos < self.blen:
                 k = min(size - i, self.blen - self.bpos)
                 for key, arr in self.block.items():
-                    batch[key][i:i + k] = arr[self.bpos:self.bpos + k]
+                    batch[key][i : i + k] = arr[self.bpos : self.bpos + k]
                 i += k
                 self.bpos += k
             elif not self._segment_left():
@@ -161,10 +173,12 @@ class Reader:
             elif (size - i) * self.row_bytes >= DIRECT_BYTES:
                 i += self._step(batch, i, size - i)
             else:
-                n = min(self.seg.take - self.done,
-                        max(size - i, BLOCK_BYTES // self.row_bytes))
-                block = {key: np.empty((n,) + batch[key].shape[1:], batch[key].dtype)
-                         for key in batch if key in self.keys}
+                n = min(self.seg.take - self.done, max(size - i, BLOCK_BYTES // self.row_bytes))
+                block = {
+                    key: np.empty((n,) + batch[key].shape[1:], batch[key].dtype)
+                    for key in batch
+                    if key in self.keys
+                }
                 j = 0
                 while j < n:
                     j += self._step(block, j, n - j)
@@ -179,8 +193,11 @@ class Reader:
             return self._one(batch, i0)
         (length,) = _LEN.unpack_from(self.buf, self.pos)
         rec = length + FRAMING_BYTES
-        if src.check_crc and masked_crc(self.buf[self.pos:self.pos + 8]) != \
-                _CRC.unpack_from(self.buf, self.pos + 8)[0]:
+        if (
+            src.check_crc
+            and masked_crc(self.buf[self.pos : self.pos + 8])
+            != _CRC.unpack_from(self.buf, self.pos + 8)[0]
+        ):
             return self._one(batch, i0)  # corrupt framing: do not trust the length
         want = min(want, max(1, MAX_RUN_BYTES // rec))
         self._ensure(want * rec, min(left * rec, max(READ_CHUNK, want * rec)))
@@ -205,13 +222,15 @@ class Reader:
         r = seg.skip + self.done
         offset = self.base + self.pos
         if self._ensure(HEADER_BYTES, READ_CHUNK) == 0:
-            raise ArchiveError(f"file ends after {r} records, expected at least "
-                               f"{seg.skip + seg.take}", path, r)
+            raise ArchiveError(
+                f"file ends after {r} records, expected at least {seg.skip + seg.take}", path, r
+            )
         length = header_length(self.buf, self.pos, offset, path, r, self.src.check_crc)
         rec = length + FRAMING_BYTES
         self._ensure(rec)
-        payload = check_payload(self.buf, self.pos + HEADER_BYTES, length, offset, path, r,
-                                self.src.check_crc)
+        payload = check_payload(
+            self.buf, self.pos + HEADER_BYTES, length, offset, path, r, self.src.check_crc
+        )
         seed = seg.first_seed + self.done // self.rps
         self.src.fill_one(batch, i0, path, r, seed, payload)
         self.pos += rec

@@ -28,6 +28,7 @@ CRCs together, see there); any record that breaks the pattern is read
 through the per-record path, which names the file and record (numbered from
 the start of the file) in its errors.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -43,13 +44,26 @@ from .stream_decode import Source, record_fields
 from .stream_plan import Segment, epoch_records, seed_segments, segments, stream_kinds
 from .stream_prefetch import DeviceStream
 
-__all__ = ["device_streams", "close_all", "epoch_records", "segments", "stream_kinds",
-           "Segment", "DeviceStream"]
+__all__ = [
+    "device_streams",
+    "close_all",
+    "epoch_records",
+    "segments",
+    "stream_kinds",
+    "Segment",
+    "DeviceStream",
+]
 
 
-def device_streams(root: str, split: str, n_devices: int, n_per_device: int,
-                   prefetch: int = 2, manifest: Optional[Manifest] = None,
-                   check_crc: bool = True) -> dict[str, list[DeviceStream]]:
+def device_streams(
+    root: str,
+    split: str,
+    n_devices: int,
+    n_per_device: int,
+    prefetch: int = 2,
+    manifest: Optional[Manifest] = None,
+    check_crc: bool = True,
+) -> dict[str, list[DeviceStream]]:
     """Per-kind lists of per-device batch iterators (see module docstring).
 
     Raises :class:`LayoutError` when ``n_devices`` does not divide a kind's
@@ -57,8 +71,10 @@ def device_streams(root: str, split: str, n_devices: int, n_per_device: int,
     """
     m = manifest if manifest is not None else read_manifest(root)
     if split not in m.layout:
-        raise ArchiveError(f"no split {split!r} in the archive (has {list(m.layout)})",
-                           fs.join(root, MANIFEST_NAME))
+        raise ArchiveError(
+            f"no split {split!r} in the archive (has {list(m.layout)})",
+            fs.join(root, MANIFEST_NAME),
+        )
     dtype = np.dtype(m.dtype).newbyteorder("<")
     legacy_gradient = m.record_format == "imnn-0.3" and m.mode == "gradient"
     out = {}
@@ -66,39 +82,61 @@ def device_streams(root: str, split: str, n_devices: int, n_per_device: int,
         streams = []
         for d in range(n_devices):
             if legacy_gradient:
-                sources, epoch = _legacy_gradient_sources(root, m, split, kind, n_devices, d,
-                                                          check_crc)
+                sources, epoch = _legacy_gradient_sources(
+                    root, m, split, kind, n_devices, d, check_crc
+                )
             else:
-                sources = [Source(root, segments(m, split, kind, n_devices, d),
-                                  m.kind_info(split, kind),
-                                  record_fields(m.record_spec(split, kind)), check_crc)]
+                sources = [
+                    Source(
+                        root,
+                        segments(m, split, kind, n_devices, d),
+                        m.kind_info(split, kind),
+                        record_fields(m.record_spec(split, kind)),
+                        check_crc,
+                    )
+                ]
                 epoch = epoch_records(m, split, kind, n_devices)
             streams.append(DeviceStream(sources, n_per_device, epoch, dtype, prefetch))
         out[kind] = streams
     return out
 
 
-def _legacy_gradient_sources(root, m: Manifest, split: str, kind: str, n_devices: int,
-                             device: int, check_crc: bool) -> tuple[list[Source], int]:
+def _legacy_gradient_sources(
+    root, m: Manifest, split: str, kind: str, n_devices: int, device: int, check_crc: bool
+) -> tuple[list[Source], int]:
     """Sources and epoch length of one device of an adopted reference archive
     in gradient mode: ``main`` = fiducial seeds 0..n_d-1 zipped (by seed) with
     the derivative files, whose ``data`` is dsim/dθ; ``remaining`` = the other
     fiducial seeds."""
-    sub = KindInfo(kind, 0 if kind == "main" else m.n_d,
-                   m.n_d if kind == "main" else m.n_s - m.n_d, 1)
+    sub = KindInfo(
+        kind, 0 if kind == "main" else m.n_d, m.n_d if kind == "main" else m.n_s - m.n_d, 1
+    )
     spec = RecordSpec(tuple(m.input_shape), m.dtype, m.n_params)
     try:
         a, b = device_seeds(sub, n_devices, device)
     except LayoutError as e:
-        raise LayoutError(f"cannot split split {split!r} between {n_devices} "
-                          f"devices: {e.detail}", MANIFEST_NAME) from None
-    sources = [Source(root, seed_segments(m, split, "fiducial", a, b),
-                      m.kind_info(split, "fiducial"), record_fields(spec), check_crc)]
+        raise LayoutError(
+            f"cannot split split {split!r} between {n_devices} devices: {e.detail}", MANIFEST_NAME
+        ) from None
+    sources = [
+        Source(
+            root,
+            seed_segments(m, split, "fiducial", a, b),
+            m.kind_info(split, "fiducial"),
+            record_fields(spec),
+            check_crc,
+        )
+    ]
     if kind == "main":
-        sources.append(Source(
-            root, seed_segments(m, split, "derivative", a, b), m.kind_info(split, "derivative"),
-            [("seed", "seed", "int", ()), ("data", "gradient", "bytes", spec.gradient_shape)],
-            check_crc))
+        sources.append(
+            Source(
+                root,
+                seed_segments(m, split, "derivative", a, b),
+                m.kind_info(split, "derivative"),
+                [("seed", "seed", "int", ()), ("data", "gradient", "bytes", spec.gradient_shape)],
+                check_crc,
+            )
+        )
     return sources, b - a
 
 

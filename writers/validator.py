@@ -10,6 +10,7 @@ parameter and matched to the fiducial seeds; gradients on exactly the first
 n_d seeds; NaN/inf values (warnings unless ``nonfinite_fatal``); the
 Parquet index agreeing with the files.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from .manifest import Manifest, consistency_errors, kind_record_spec, parse_mani
 class Issue:
     """One finding: ``severity`` "error" or "warning", ``file`` relative to
     the archive root (or None), ``record`` 0-based (or None)."""
+
     severity: str
     message: str
     file: Optional[str] = None
@@ -38,6 +40,7 @@ class Issue:
 @dataclass
 class ValidationReport:
     """Result of :func:`validate`: ``ok`` is True only without errors."""
+
     root: str
     errors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
@@ -49,21 +52,31 @@ class ValidationReport:
 
     def summary_line(self) -> str:
         s = self.summary
-        return (f"{'VALID' if self.ok else 'INVALID'} {self.root}: {s.get('files', 0)} files, "
-                f"{s.get('records', 0)} records, {s.get('bytes', 0)} bytes; "
-                f"{len(self.errors)} errors, {len(self.warnings)} warnings")
+        return (
+            f"{'VALID' if self.ok else 'INVALID'} {self.root}: {s.get('files', 0)} files, "
+            f"{s.get('records', 0)} records, {s.get('bytes', 0)} bytes; "
+            f"{len(self.errors)} errors, {len(self.warnings)} warnings"
+        )
 
     def to_json(self) -> dict:
-        return {"root": self.root, "ok": self.ok, "summary": self.summary,
-                "errors": [asdict(i) for i in self.errors],
-                "warnings": [asdict(i) for i in self.warnings]}
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "summary": self.summary,
+            "errors": [asdict(i) for i in self.errors],
+            "warnings": [asdict(i) for i in self.warnings],
+        }
 
     def __str__(self) -> str:
         return "\n".join([str(i) for i in self.errors + self.warnings] + [self.summary_line()])
 
 
-def validate(root: str, nonfinite_fatal: bool = False, max_issues_per_file: int = 20,
-             manifest: Optional[Manifest] = None) -> ValidationReport:
+def validate(
+    root: str,
+    nonfinite_fatal: bool = False,
+    max_issues_per_file: int = 20,
+    manifest: Optional[Manifest] = None,
+) -> ValidationReport:
     """Validate the archive at ``root`` (local path or URL).
 
     Never raises for a bad archive: every problem is an :class:`Issue` in the
@@ -84,8 +97,7 @@ def validate(root: str, nonfinite_fatal: bool = False, max_issues_per_file: int 
             return rep
         mpath = fs.join(root, MANIFEST_NAME)
         if not fs.exists(mpath):
-            err("no manifest.json (not an archive, or its writing never finished)",
-                MANIFEST_NAME)
+            err("no manifest.json (not an archive, or its writing never finished)", MANIFEST_NAME)
             return rep
         try:
             m = parse_manifest(fs.read_bytes(mpath), MANIFEST_NAME)
@@ -120,11 +132,21 @@ def validate(root: str, nonfinite_fatal: bool = False, max_issues_per_file: int 
                 if f["path"] not in present:
                     err("missing file listed in the manifest", f["path"])
                     continue
-                c = check_shard(root, f["path"], info, spec, f["first_seed"], m.n_params,
-                                count=f["count"], nbytes=f["bytes"], sha256=f["sha256"],
-                                n_s=m.n_s, legacy=m.record_format == "imnn-0.3",
-                                nonfinite_fatal=nonfinite_fatal,
-                                max_issues=max_issues_per_file)
+                c = check_shard(
+                    root,
+                    f["path"],
+                    info,
+                    spec,
+                    f["first_seed"],
+                    m.n_params,
+                    count=f["count"],
+                    nbytes=f["bytes"],
+                    sha256=f["sha256"],
+                    n_s=m.n_s,
+                    legacy=m.record_format == "imnn-0.3",
+                    nonfinite_fatal=nonfinite_fatal,
+                    max_issues=max_issues_per_file,
+                )
                 for msg, r in c.errors:
                     err(msg, f["path"], r)
                 for msg, r in c.warnings:
@@ -134,10 +156,17 @@ def validate(root: str, nonfinite_fatal: bool = False, max_issues_per_file: int 
                 total_bytes += c.bytes
     if m.index:
         _check_index(root, m, file_records, err, warn)
-    rep.summary = {"files": len(file_records), "records": total_records,
-                   "bytes": total_bytes, "mode": m.mode, "splits": list(m.layout),
-                   "n_s": m.n_s, "n_d": m.n_d, "n_params": m.n_params,
-                   "n_devices": m.n_devices}
+    rep.summary = {
+        "files": len(file_records),
+        "records": total_records,
+        "bytes": total_bytes,
+        "mode": m.mode,
+        "splits": list(m.layout),
+        "n_s": m.n_s,
+        "n_d": m.n_d,
+        "n_params": m.n_params,
+        "n_devices": m.n_devices,
+    }
     return rep
 
 
@@ -148,6 +177,7 @@ def _check_index(root, m, file_records, err, warn):
         return
     try:
         from .index import read_index  # pyarrow only when there is an index
+
         table = read_index(root)
         counts = {}
         for name in table.column("file").to_pylist():
@@ -157,5 +187,8 @@ def _check_index(root, m, file_records, err, warn):
         return
     for f in m.all_files():
         if counts.get(f["path"], 0) != f["count"]:
-            err(f"index has {counts.get(f['path'], 0)} rows for {f['path']}, manifest says "
-                f"{f['count']}", m.index)
+            err(
+                f"index has {counts.get(f['path'], 0)} rows for {f['path']}, manifest says "
+                f"{f['count']}",
+                m.index,
+            )

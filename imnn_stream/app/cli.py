@@ -5,6 +5,7 @@ fit, estimate, demo, infer (this package; the fit options are
 (``writers``) · generate (``beam_jobs``). jax is imported only after the device count is known, because
 XLA reads ``--xla_force_host_platform_device_count`` once, at start-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def cmd_fit(args, extra):
     from .fitting import fit_archive, fit_config_from_args
 
     _, summary = fit_archive(args.archive, fit_config_from_args(args), args.out)
-    print(f"fitted {summary['iterations']} iterations; det F = {summary['detF']:.4g} "
-          f"(validation set when present); run saved in {args.out}")
+    print(
+        f"fitted {summary['iterations']} iterations; det F = {summary['detF']:.4g} "
+        f"(validation set when present); run saved in {args.out}"
+    )
     return 0
 
 
@@ -58,17 +61,34 @@ def cmd_infer(args, extra):
     import numpy as np
     from beam_jobs.simulate import SimulatorSpec, load_simulator
     from .fitting import fit_config_from_args
-    from .inference import (InferenceError, InferenceLoop, export_pairs, gaussian_posterior,
-                            rejection_abc)
+    from .inference import (
+        InferenceError,
+        InferenceLoop,
+        export_pairs,
+        gaussian_posterior,
+        rejection_abc,
+    )
     from .runs import FittedIMNN, load_inputs
 
     config = json.loads(args.simulator_config) if args.simulator_config else None
     loop = InferenceLoop(
-        out=args.out, simulator=args.simulator, target=load_inputs(args.target),
-        theta_start=args.theta_start, delta_theta=args.delta_theta, prior_low=args.prior_low,
-        prior_high=args.prior_high, simulator_config=config, n_s=args.n_s, n_d=args.n_d or args.n_s,
-        fit=fit_config_from_args(args), max_rounds=args.max_rounds, tolerance=args.tolerance,
-        warm_start=not args.no_warm_start, beam_args=extra, progress=True)
+        out=args.out,
+        simulator=args.simulator,
+        target=load_inputs(args.target),
+        theta_start=args.theta_start,
+        delta_theta=args.delta_theta,
+        prior_low=args.prior_low,
+        prior_high=args.prior_high,
+        simulator_config=config,
+        n_s=args.n_s,
+        n_d=args.n_d or args.n_s,
+        fit=fit_config_from_args(args),
+        max_rounds=args.max_rounds,
+        tolerance=args.tolerance,
+        warm_start=not args.no_warm_start,
+        beam_args=extra,
+        progress=True,
+    )
     try:
         rows = loop.run()
     except InferenceError as e:
@@ -77,18 +97,40 @@ def cmd_infer(args, extra):
     θ_hat, F, run = loop.final()
     n_target = rows[-1]["n_target"]
     samples = gaussian_posterior(θ_hat, F, n_target=n_target, n_samples=args.posterior_samples)
-    np.savez(os.path.join(args.out, "gaussian_posterior.npz"), samples=samples, mean=θ_hat,
-             covariance=np.linalg.inv(F * n_target))
+    np.savez(
+        os.path.join(args.out, "gaussian_posterior.npz"),
+        samples=samples,
+        mean=θ_hat,
+        covariance=np.linalg.inv(F * n_target),
+    )
     simulator = load_simulator(SimulatorSpec(args.simulator, config))
     fitted = FittedIMNN(run)
     if args.export:
-        export_pairs(simulator, fitted, args.prior_low, args.prior_high, args.export,
-                     os.path.join(args.out, "prior_pairs"), seed=args.seed + 7)
-    result = dict(rounds=len(rows), θ_hat=θ_hat.tolist(),
-                  σ=np.sqrt(np.diag(np.linalg.inv(F * n_target))).tolist())
+        export_pairs(
+            simulator,
+            fitted,
+            args.prior_low,
+            args.prior_high,
+            args.export,
+            os.path.join(args.out, "prior_pairs"),
+            seed=args.seed + 7,
+        )
+    result = dict(
+        rounds=len(rows),
+        θ_hat=θ_hat.tolist(),
+        σ=np.sqrt(np.diag(np.linalg.inv(F * n_target))).tolist(),
+    )
     if args.abc:
-        accepted, _ = rejection_abc(simulator, fitted, loop.target, args.prior_low, args.prior_high,
-                                    n_draws=args.abc, accept=args.abc_accept, seed=args.seed + 11)
+        accepted, _ = rejection_abc(
+            simulator,
+            fitted,
+            loop.target,
+            args.prior_low,
+            args.prior_high,
+            n_draws=args.abc,
+            accept=args.abc_accept,
+            seed=args.seed + 11,
+        )
         np.savez(os.path.join(args.out, "abc.npz"), accepted=accepted)
         result.update(abc_mean=accepted.mean(0).tolist(), abc_std=accepted.std(0).tolist())
     print("INFER_RESULT " + json.dumps(result, ensure_ascii=False))
@@ -98,6 +140,7 @@ def cmd_infer(args, extra):
 def cmd_demo(args, extra):
     from .demo import run_demo
     from .fitting import fit_config_from_args
+
     return run_demo(args.out, args.n_s, fit_config_from_args(args))
 
 
@@ -120,15 +163,21 @@ def build_parser():
     p.add_argument("--out", default=None, help="also save the estimates as .npy")
     p.set_defaults(func=cmd_estimate)
 
-    p = sub.add_parser("demo", help="toy problem end to end: Beam archive → validate → "
-                                    "streaming fit on 2 devices → det F vs 50 → estimate")
+    p = sub.add_parser(
+        "demo",
+        help="toy problem end to end: Beam archive → validate → "
+        "streaming fit on 2 devices → det F vs 50 → estimate",
+    )
     p.add_argument("--out", default="imnn-demo", help="folder for archive and run")
     p.add_argument("--n-s", type=int, default=1000)
     add_fit_options(p, **demo.FIT_DEFAULTS)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("infer", help="iterate generate → fit → estimate until θ̂ converges; "
-                                     "then Gaussian posterior, ABC, (θ, summaries) export")
+    p = sub.add_parser(
+        "infer",
+        help="iterate generate → fit → estimate until θ̂ converges; "
+        "then Gaussian posterior, ABC, (θ, summaries) export",
+    )
     p.add_argument("--simulator", default="toy", help="module:function, toy or grf")
     p.add_argument("--simulator-config", default=None, help="JSON for a simulator factory")
     p.add_argument("--target", required=True, help=".npy (one input or n realisations) or archive")
@@ -139,8 +188,12 @@ def build_parser():
     p.add_argument("--n-s", type=int, default=1000)
     p.add_argument("--n-d", type=int, default=None, help="default: n_s")
     p.add_argument("--max-rounds", type=int, default=5)
-    p.add_argument("--tolerance", type=float, default=0.5,
-                   help="stop when every |θ̂ − θ_fid| < tolerance × Fisher σ")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.5,
+        help="stop when every |θ̂ − θ_fid| < tolerance × Fisher σ",
+    )
     p.add_argument("--no-warm-start", action="store_true")
     p.add_argument("--posterior-samples", type=int, default=10000)
     p.add_argument("--abc", type=int, default=0, help="rejection-ABC prior draws (0: none)")
@@ -151,6 +204,7 @@ def build_parser():
     p.set_defaults(func=cmd_infer)
 
     from writers.cli import register as register_writers
+
     register_writers(sub)
     try:
         from beam_jobs.cli import register as register_beam

@@ -9,6 +9,7 @@ information is diag(10, 5), det F = 50:
 4. det F is printed against the exact 50, the history plot saved, and θ̂ given
    for a target simulated at θ = (0.3, 1.5).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,23 @@ def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None =
     t0 = time.perf_counter()
     archive = os.path.join(out, "archive")
     run = os.path.join(out, "run")
-    print(f"[1/4] simulating {n_s} fiducial + {n_s}×4 finite-difference records per split "
-          f"with Apache Beam → {archive}", flush=True)
-    beam_jobs.generate(archive, "toy", THETA_FID, DELTA_THETA, n_s, n_s, 2, "numerical",
-                       records_per_shard=max(50, n_s // 4), progress=True)
+    print(
+        f"[1/4] simulating {n_s} fiducial + {n_s}×4 finite-difference records per split "
+        f"with Apache Beam → {archive}",
+        flush=True,
+    )
+    beam_jobs.generate(
+        archive,
+        "toy",
+        THETA_FID,
+        DELTA_THETA,
+        n_s,
+        n_s,
+        2,
+        "numerical",
+        records_per_shard=max(50, n_s // 4),
+        progress=True,
+    )
     print("[2/4] validating the archive", flush=True)
     report = writers.validate(archive)
     print("      " + report.summary_line(), flush=True)
@@ -49,25 +63,44 @@ def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None =
         for e in report.errors[:20]:
             print("      error:", e)
         return 1
-    print(f"[3/4] fitting DatasetNumericalGradientIMNN over {config.devices} CPU devices "
-          f"({config.n_per_device} records per device per batch)", flush=True)
+    print(
+        f"[3/4] fitting DatasetNumericalGradientIMNN over {config.devices} CPU devices "
+        f"({config.n_per_device} records per device per batch)",
+        flush=True,
+    )
     imnn, summary = fit_archive(archive, config, run)
     detF = float(np.linalg.det(imnn.F))
-    print(f"      det F = {detF:.2f} on the validation set (exact: {EXACT_DET_F:g}); "
-          f"best validation det F during fitting {summary['best_detF']:.2f} "
-          f"after {summary['iterations']} iterations", flush=True)
+    print(
+        f"      det F = {detF:.2f} on the validation set (exact: {EXACT_DET_F:g}); "
+        f"best validation det F during fitting {summary['best_detF']:.2f} "
+        f"after {summary['iterations']} iterations",
+        flush=True,
+    )
 
     import jax
     from beam_jobs.simulators import gaussian_toy
-    target = np.asarray(gaussian_toy(jax.random.PRNGKey(2026), np.asarray(TARGET_THETA, np.float32)))
+
+    target = np.asarray(
+        gaussian_toy(jax.random.PRNGKey(2026), np.asarray(TARGET_THETA, np.float32))
+    )
     est = imnn.get_estimate(target)
     err = np.sqrt(np.diag(np.linalg.inv(imnn.F)))
-    print(f"[4/4] target simulated at θ = {TARGET_THETA}: θ̂ = ({est[0]:.3f}, {est[1]:.3f}) "
-          f"± ({err[0]:.3f}, {err[1]:.3f}) (Fisher errors at θ_fid)", flush=True)
-    result = dict(detF=detF, exact_detF=EXACT_DET_F, best_val_detF=summary["best_detF"],
-                  iterations=summary["iterations"], estimate=est.tolist(), target=TARGET_THETA,
-                  fisher_errors=err.tolist(), seconds=time.perf_counter() - t0,
-                  history_plot=os.path.join(run, "history.png"))
+    print(
+        f"[4/4] target simulated at θ = {TARGET_THETA}: θ̂ = ({est[0]:.3f}, {est[1]:.3f}) "
+        f"± ({err[0]:.3f}, {err[1]:.3f}) (Fisher errors at θ_fid)",
+        flush=True,
+    )
+    result = dict(
+        detF=detF,
+        exact_detF=EXACT_DET_F,
+        best_val_detF=summary["best_detF"],
+        iterations=summary["iterations"],
+        estimate=est.tolist(),
+        target=TARGET_THETA,
+        fisher_errors=err.tolist(),
+        seconds=time.perf_counter() - t0,
+        history_plot=os.path.join(run, "history.png"),
+    )
     with open(os.path.join(out, "demo.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"history plot: {result['history_plot']}; total {result['seconds']:.0f} s")

@@ -12,6 +12,7 @@ command-line flags and JSON use ASCII. This is the one place that maps them:
 (``--theta-fid`` is the ``generate`` subcommand's; ``infer`` starts from
 ``--theta-start``. Run folders' ``config.json`` keep the seed's ``θ_fid``.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ class FitConfig:
     Each field's metadata holds its command-line ``flag`` and ``help``;
     :func:`add_fit_options` builds the options from them.
     """
-    model: str = _opt("--model", "mlp:W1,W2,… | cnn:C1,C2,… | polynomial:D | "
-                      "package.module:factory", "mlp:128,128")
+
+    model: str = _opt(
+        "--model",
+        "mlp:W1,W2,… | cnn:C1,C2,… | polynomial:D | package.module:factory",
+        "mlp:128,128",
+    )
     optimiser: str = _opt("--optimiser", "optax name:learning_rate", "adam:1e-3")
     lam: float = _opt("--lambda", "λ, regulariser strength", 10.0)
     eps: float = _opt("--epsilon", "ϵ, closeness of C to I", 0.1)
@@ -45,15 +50,15 @@ class FitConfig:
     n_per_device: int = _opt("--n-per-device", "records per device per batch", 100)
     n_summaries: int | None = _opt("--n-summaries", "summaries (default: n_params)")
     max_iterations: int = _opt("--max-iterations", "iteration limit", 2000)
-    patience: int = _opt("--patience", "stop after this many iterations without a better "
-                         "validation det F", 100)
-    min_iterations: int = _opt("--min-iterations", "iterations before early stopping may stop",
-                               100)
+    patience: int = _opt(
+        "--patience", "stop after this many iterations without a better validation det F", 100
+    )
+    min_iterations: int = _opt("--min-iterations", "iterations before early stopping may stop", 100)
     seed: int = _opt("--seed", "network initialisation seed", 0)
-    checkpoint_every: int | None = _opt("--checkpoint-every", "checkpoint every so many "
-                                        "iterations (default: only at the end)")
-    resume: bool = _opt("--resume", "continue from the checkpoint", False,
-                        action="store_true")
+    checkpoint_every: int | None = _opt(
+        "--checkpoint-every", "checkpoint every so many iterations (default: only at the end)"
+    )
+    resume: bool = _opt("--resume", "continue from the checkpoint", False, action="store_true")
     expected_detF: float | None = field(default=None, metadata=dict(flag=None))
     """det F drawn on the history plot (the demo's exact 50); not a command-line option."""
 
@@ -93,14 +98,24 @@ def fit_config_from_args(args: argparse.Namespace, **extra) -> FitConfig:
 
 def _devices(n):
     import jax
+
     devices = jax.devices("cpu")[:n] if jax.default_backend() == "cpu" else jax.devices()[:n]
     if len(devices) < n:
         raise SystemExit(f"--devices {n}: only {len(devices)} devices available")
     return devices
 
 
-def fit_archive(archive, config: FitConfig, out, *, weights=None, key=None, rng=None,
-                checkpoint_dir=None, progress=True):
+def fit_archive(
+    archive,
+    config: FitConfig,
+    out,
+    *,
+    weights=None,
+    key=None,
+    rng=None,
+    checkpoint_dir=None,
+    progress=True,
+):
     """Fit the streaming trainer of ``archive``'s mode with ``config``; write the run
     folder ``out`` (see :mod:`imnn_stream.app.runs`). Returns (imnn, summary dict).
 
@@ -119,26 +134,40 @@ def fit_archive(archive, config: FitConfig, out, *, weights=None, key=None, rng=
     m = read_manifest(archive)
     cls = {"numerical": DatasetNumericalGradientIMNN, "gradient": DatasetGradientIMNN}.get(m.mode)
     if cls is None:
-        raise SystemExit(f"{archive}: a {m.mode!r} archive cannot train an IMNN "
-                         "(needs numerical or gradient)")
+        raise SystemExit(
+            f"{archive}: a {m.mode!r} archive cannot train an IMNN (needs numerical or gradient)"
+        )
     c = config
     n_summaries = c.n_summaries or m.n_params
     devices = _devices(c.devices)
     opt = optimisers.from_spec(c.optimiser)
     key = jax.random.PRNGKey(c.seed) if key is None else key
-    imnn = cls.from_archive(archive, model=models.from_spec(c.model, n_summaries), optimiser=opt,
-                            key_or_state=key if weights is None else opt.init(weights),
-                            host=jax.devices("cpu")[0], devices=devices,
-                            n_per_device=c.n_per_device, n_summaries=n_summaries)
+    imnn = cls.from_archive(
+        archive,
+        model=models.from_spec(c.model, n_summaries),
+        optimiser=opt,
+        key_or_state=key if weights is None else opt.init(weights),
+        host=jax.devices("cpu")[0],
+        devices=devices,
+        n_per_device=c.n_per_device,
+        n_summaries=n_summaries,
+    )
     try:
-        imnn.fit(c.lam, c.eps, rng=jax.random.PRNGKey(c.seed + 1) if rng is None else rng,
-                 patience=c.patience, min_iterations=c.min_iterations,
-                 max_iterations=c.max_iterations,
-                 print_rate=max(1, c.max_iterations // 100) if progress else None,
-                 checkpoint_dir=checkpoint_dir or os.path.join(out, "checkpoint"),
-                 checkpoint_every=c.checkpoint_every, resume=c.resume)
+        imnn.fit(
+            c.lam,
+            c.eps,
+            rng=jax.random.PRNGKey(c.seed + 1) if rng is None else rng,
+            patience=c.patience,
+            min_iterations=c.min_iterations,
+            max_iterations=c.max_iterations,
+            print_rate=max(1, c.max_iterations // 100) if progress else None,
+            checkpoint_dir=checkpoint_dir or os.path.join(out, "checkpoint"),
+            checkpoint_every=c.checkpoint_every,
+            resume=c.resume,
+        )
     finally:
         imnn.close()
-    summary = save_run(out, imnn, c.model, dict(archive=str(archive), mode=m.mode),
-                       expected_detF=c.expected_detF)
+    summary = save_run(
+        out, imnn, c.model, dict(archive=str(archive), mode=m.mode), expected_detF=c.expected_detF
+    )
     return imnn, summary

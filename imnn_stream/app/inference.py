@@ -13,6 +13,7 @@ its estimate is the mean of the per-realisation estimates, with Fisher matrix n�
 The loop stops when every |θ̂_α − θ_fid,α| is below ``tolerance`` Fisher standard
 deviations (of one realisation, σ_α = sqrt((F⁻¹)_αα)).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ import numpy as np
 
 from .fitting import FitConfig, fit_archive
 
-__all__ = ["InferenceLoop", "InferenceError", "gaussian_posterior", "rejection_abc",
-           "export_pairs", "FIT_DEFAULTS"]
+__all__ = [
+    "InferenceLoop",
+    "InferenceError",
+    "gaussian_posterior",
+    "rejection_abc",
+    "export_pairs",
+    "FIT_DEFAULTS",
+]
 
 #: the loop's fit settings where they differ from FitConfig's defaults
 FIT_DEFAULTS = dict(max_iterations=1000)
@@ -46,6 +53,7 @@ class InferenceLoop:
     previous round's weights), checkpoints every ``max(1, fit.max_iterations // 20)``
     iterations unless ``fit.checkpoint_every`` says otherwise, and resumes.
     """
+
     out: str
     simulator: str
     target: np.ndarray
@@ -67,15 +75,18 @@ class InferenceLoop:
         n = len(self.theta_start)
         for name in ("delta_theta", "prior_low", "prior_high"):
             if len(getattr(self, name)) != n:
-                raise InferenceError(f"`{name}` has {len(getattr(self, name))} values, "
-                                     f"theta_start has {n}")
+                raise InferenceError(
+                    f"`{name}` has {len(getattr(self, name))} values, theta_start has {n}"
+                )
         self.theta_start = [float(v) for v in self.theta_start]
         lo, hi = np.asarray(self.prior_low, float), np.asarray(self.prior_high, float)
         if np.any(lo >= hi):
             raise InferenceError(f"prior box is empty: low {lo.tolist()} ≥ high {hi.tolist()}")
         if not _inside(self.theta_start, lo, hi):
-            raise InferenceError(f"theta_start {self.theta_start} is outside the prior box "
-                                 f"[{lo.tolist()}, {hi.tolist()}]")
+            raise InferenceError(
+                f"theta_start {self.theta_start} is outside the prior box "
+                f"[{lo.tolist()}, {hi.tolist()}]"
+            )
         if self.tolerance <= 0:
             raise InferenceError(f"`tolerance` must be positive, got {self.tolerance}")
         self.target = np.asarray(self.target, np.float32)
@@ -97,8 +108,10 @@ class InferenceLoop:
             return t[None]
         if t.ndim == len(input_shape) + 1 and t.shape[1:] == tuple(input_shape):
             return t
-        raise InferenceError(f"target has shape {t.shape}, the simulator makes {tuple(input_shape)}"
-                             f" (expected {tuple(input_shape)} or (n, {', '.join(map(str, input_shape))}))")
+        raise InferenceError(
+            f"target has shape {t.shape}, the simulator makes {tuple(input_shape)}"
+            f" (expected {tuple(input_shape)} or (n, {', '.join(map(str, input_shape))}))"
+        )
 
     def _round(self, r, θ_fid, previous):
         import beam_jobs
@@ -110,33 +123,57 @@ class InferenceLoop:
         archive = os.path.join(d, "archive")
         seeds = {"train": self.seed + 2 * r + 1000, "validation": self.seed + 2 * r + 1001}
         n_devices = self.fit.devices
-        manifest = beam_jobs.generate(archive, self.simulator, θ_fid, self.delta_theta, self.n_s,
-                                      self.n_d, n_devices, "numerical",
-                                      records_per_shard=max(1, self.n_s // n_devices),
-                                      seeds=seeds, simulator_config=self.simulator_config,
-                                      beam_args=self.beam_args, progress=self.progress)
+        manifest = beam_jobs.generate(
+            archive,
+            self.simulator,
+            θ_fid,
+            self.delta_theta,
+            self.n_s,
+            self.n_d,
+            n_devices,
+            "numerical",
+            records_per_shard=max(1, self.n_s // n_devices),
+            seeds=seeds,
+            simulator_config=self.simulator_config,
+            beam_args=self.beam_args,
+            progress=self.progress,
+        )
         target = self._check_target(manifest.input_shape)
         report = writers.validate(archive)
         if not report.ok:
-            raise InferenceError(f"round {r}: the generated archive is invalid: "
-                                 f"{report.summary_line()}")
+            raise InferenceError(
+                f"round {r}: the generated archive is invalid: {report.summary_line()}"
+            )
         config = self.fit.replace(
             checkpoint_every=self.fit.checkpoint_every or max(1, self.fit.max_iterations // 20),
-            resume=True)
+            resume=True,
+        )
         key = jax.random.PRNGKey(self.seed + r)
-        imnn, _ = fit_archive(archive, config, os.path.join(d, "run"),
-                              weights=previous if self.warm_start else None, key=key,
-                              rng=jax.random.fold_in(key, 1),
-                              checkpoint_dir=os.path.join(d, "checkpoint"),
-                              progress=self.progress)
+        imnn, _ = fit_archive(
+            archive,
+            config,
+            os.path.join(d, "run"),
+            weights=previous if self.warm_start else None,
+            key=key,
+            rng=jax.random.fold_in(key, 1),
+            checkpoint_dir=os.path.join(d, "checkpoint"),
+            progress=self.progress,
+        )
         estimates = imnn.get_estimate(target)
         θ_hat = estimates.mean(0)
         F = np.asarray(imnn.F, float)
-        row = dict(round=r, θ_fid=list(map(float, θ_fid)), θ_hat=θ_hat.tolist(),
-                   F=F.tolist(), n_target=len(target),
-                   σ=np.sqrt(np.diag(np.linalg.inv(F))).tolist(),
-                   val_detF=float(np.linalg.det(F)), iterations=int(len(imnn.history["detF"])),
-                   seconds=time.perf_counter() - t0, seeds=seeds)
+        row = dict(
+            round=r,
+            θ_fid=list(map(float, θ_fid)),
+            θ_hat=θ_hat.tolist(),
+            F=F.tolist(),
+            n_target=len(target),
+            σ=np.sqrt(np.diag(np.linalg.inv(F))).tolist(),
+            val_detF=float(np.linalg.det(F)),
+            iterations=int(len(imnn.history["detF"])),
+            seconds=time.perf_counter() - t0,
+            seeds=seeds,
+        )
         with open(os.path.join(d, "round.json"), "w") as f:
             json.dump(row, f, indent=2, ensure_ascii=False)
         return row, imnn.w
@@ -172,20 +209,24 @@ class InferenceLoop:
                 raise InferenceError(
                     f"round {rows[-1]['round']}: θ̂ = {rows[-1]['θ_hat']} left the prior box "
                     f"[{lo.tolist()}, {hi.tolist()}] — the loop diverges; rounds so far are kept "
-                    f"in {self.out}")
+                    f"in {self.out}"
+                )
             if len(rows) >= self.max_rounds:
                 log(f"stopped after max_rounds = {self.max_rounds}; θ̂ = {rows[-1]['θ_hat']}")
                 break
             if rows and previous is None and self.warm_start:  # resumed: last round's weights
-                with open(os.path.join(self._round_dir(len(rows) - 1), "run", "imnn.pkl"),
-                          "rb") as f:
+                with open(
+                    os.path.join(self._round_dir(len(rows) - 1), "run", "imnn.pkl"), "rb"
+                ) as f:
                     previous = pickle.load(f)["w"]
             θ_fid = rows[-1]["θ_hat"] if rows else self.theta_start
             log(f"round {len(rows)}: fitting at θ_fid = {np.round(θ_fid, 4).tolist()}")
             row, previous = self._round(len(rows), θ_fid, previous)
-            log(f"round {row['round']}: θ̂ = {np.round(row['θ_hat'], 4).tolist()} ± "
+            log(
+                f"round {row['round']}: θ̂ = {np.round(row['θ_hat'], 4).tolist()} ± "
                 f"{np.round(row['σ'], 4).tolist()} (det F = {row['val_detF']:.3g}, "
-                f"{row['seconds']:.0f} s)")
+                f"{row['seconds']:.0f} s)"
+            )
             rows.append(row)
             self._write_table(rows)
         self._write_table(rows)
@@ -202,12 +243,14 @@ class InferenceLoop:
         with open(os.path.join(self.out, "rounds.json"), "w") as f:
             json.dump(rows, f, indent=2, ensure_ascii=False)
         n = len(rows[0]["θ_fid"]) if rows else 0
-        table = {"round": [r["round"] for r in rows],
-                 **{f"theta_fid_{a}": [r["θ_fid"][a] for r in rows] for a in range(n)},
-                 **{f"theta_hat_{a}": [r["θ_hat"][a] for r in rows] for a in range(n)},
-                 **{f"sigma_{a}": [r["σ"][a] for r in rows] for a in range(n)},
-                 "val_detF": [r["val_detF"] for r in rows],
-                 "seconds": [r["seconds"] for r in rows]}
+        table = {
+            "round": [r["round"] for r in rows],
+            **{f"theta_fid_{a}": [r["θ_fid"][a] for r in rows] for a in range(n)},
+            **{f"theta_hat_{a}": [r["θ_hat"][a] for r in rows] for a in range(n)},
+            **{f"sigma_{a}": [r["σ"][a] for r in rows] for a in range(n)},
+            "val_detF": [r["val_detF"] for r in rows],
+            "seconds": [r["seconds"] for r in rows],
+        }
         pq.write_table(pa.table(table), os.path.join(self.out, "rounds.parquet"))
         if rows:
             plot_path(rows, os.path.join(self.out, "path.png"))
@@ -218,8 +261,11 @@ class InferenceLoop:
         if not rows:
             raise InferenceError(f"{self.out}: no finished round")
         last = rows[-1]
-        return (np.asarray(last["θ_hat"]), np.asarray(last["F"]),
-                os.path.join(self._round_dir(last["round"]), "run"))
+        return (
+            np.asarray(last["θ_hat"]),
+            np.asarray(last["F"]),
+            os.path.join(self._round_dir(last["round"]), "run"),
+        )
 
 
 def _inside(θ, lo, hi):
@@ -230,6 +276,7 @@ def _inside(θ, lo, hi):
 def plot_path(rows, filename):
     """θ̂ per round (first two parameters) with its 1σ Fisher ellipse."""
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse
@@ -246,8 +293,17 @@ def plot_path(rows, filename):
         cov = np.linalg.inv(np.asarray(r["F"]))[:2, :2] / r.get("n_target", 1)
         vals, vecs = np.linalg.eigh(cov)
         angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
-        ax.add_patch(Ellipse(θ[:2], 2 * np.sqrt(vals[-1]), 2 * np.sqrt(vals[0]), angle=angle,
-                             fill=False, color="C0", alpha=0.6))
+        ax.add_patch(
+            Ellipse(
+                θ[:2],
+                2 * np.sqrt(vals[-1]),
+                2 * np.sqrt(vals[0]),
+                angle=angle,
+                fill=False,
+                color="C0",
+                alpha=0.6,
+            )
+        )
         ax.annotate(str(r["round"]), θ[:2], textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("θ₀")
     ax.set_ylabel("θ₁")
@@ -257,6 +313,7 @@ def plot_path(rows, filename):
 
 
 # -- after the loop: using the summaries --------------------------------------------------
+
 
 def gaussian_posterior(θ_hat, F, n_target=1, n_samples=10000, seed=0, grid=None):
     """Gaussian approximation N(θ̂, (n_target·F)⁻¹): samples float(n_samples, n_params)
@@ -274,8 +331,9 @@ def gaussian_posterior(θ_hat, F, n_target=1, n_samples=10000, seed=0, grid=None
     return samples, density
 
 
-def _prior_draws(simulator, fitted, prior_low, prior_high, n, seed, batch=1000, progress=True,
-                 realisations=1):
+def _prior_draws(
+    simulator, fitted, prior_low, prior_high, n, seed, batch=1000, progress=True, realisations=1
+):
     """(θ float(n, n_params), summaries float(n, realisations, n_summaries)) for
     θ ~ U(prior box), ``realisations`` iid simulations per θ."""
     import jax
@@ -289,8 +347,7 @@ def _prior_draws(simulator, fitted, prior_low, prior_high, n, seed, batch=1000, 
     @jax.jit
     def summaries(w, keys, θs):  # keys (b, m, 2), θs (b, n_params) -> (b, m, n_summaries)
         sims = jax.vmap(lambda ks, t: jax.vmap(lambda k: simulator(k, t))(ks))(keys, θs)
-        return fitted.model(w, sims.reshape((-1,) + sims.shape[2:])).reshape(
-            sims.shape[:2] + (-1,))
+        return fitted.model(w, sims.reshape((-1,) + sims.shape[2:])).reshape(sims.shape[:2] + (-1,))
 
     base = jax.random.PRNGKey(seed)
     batch = max(1, batch // m)
@@ -316,8 +373,17 @@ def export_pairs(simulator, fitted, prior_low, prior_high, n, path_stem, seed=0,
     return θ, x
 
 
-def rejection_abc(simulator, fitted, target, prior_low, prior_high, n_draws=20000, accept=0.02,
-                  seed=0, progress=True):
+def rejection_abc(
+    simulator,
+    fitted,
+    target,
+    prior_low,
+    prior_high,
+    n_draws=20000,
+    accept=0.02,
+    seed=0,
+    progress=True,
+):
     """Rejection ABC on the summaries: draw θ from the prior box, simulate, compress,
     keep the fraction ``accept`` closest to the target in the Fisher metric of the
     quasi-ML estimates, ρ = (θ̂(x) − θ̂(target))ᵀ F (θ̂(x) − θ̂(target)).
@@ -332,11 +398,22 @@ def rejection_abc(simulator, fitted, target, prior_low, prior_high, n_draws=2000
     target = np.asarray(target, np.float32)
     if target.shape == fitted.input_shape:
         target = target[None]
-    θ, x = _prior_draws(simulator, fitted, prior_low, prior_high, n_draws, seed, progress=progress,
-                        realisations=len(target))
+    θ, x = _prior_draws(
+        simulator,
+        fitted,
+        prior_low,
+        prior_high,
+        n_draws,
+        seed,
+        progress=progress,
+        realisations=len(target),
+    )
     s = fitted.statistics
-    est = np.asarray(fisher.quasi_ml_estimate(jnp.asarray(x), fitted.θ_fid, s["invF"], s["dμ_dθ"],
-                                              s["invC"], s["μ"])).mean(1)
+    est = np.asarray(
+        fisher.quasi_ml_estimate(
+            jnp.asarray(x), fitted.θ_fid, s["invF"], s["dμ_dθ"], s["invC"], s["μ"]
+        )
+    ).mean(1)
     target_est = fitted.get_estimate(target).mean(0)
     d = est - target_est
     ρ = np.einsum("ni,ij,nj->n", d, fitted.F * len(target), d)

@@ -6,6 +6,7 @@ RUN/imnn.pkl      Trainer.save: weights, optimiser state, statistics, history
 RUN/history.png   the training history plot
 RUN/summary.json  det F (training, best validation), iterations, seconds
 """
+
 from __future__ import annotations
 
 import json
@@ -24,16 +25,25 @@ __all__ = ["save_run", "FittedIMNN", "load_inputs"]
 def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_detF=None):
     """Write a run folder for a fitted ``imnn`` built with ``model_spec``."""
     os.makedirs(out, exist_ok=True)
-    config = dict(model=model_spec, n_summaries=imnn.n_summaries, n_params=imnn.n_params,
-                  θ_fid=imnn.θ_fid.tolist(), input_shape=list(imnn.input_shape), **(extra or {}))
+    config = dict(
+        model=model_spec,
+        n_summaries=imnn.n_summaries,
+        n_params=imnn.n_params,
+        θ_fid=imnn.θ_fid.tolist(),
+        input_shape=list(imnn.input_shape),
+        **(extra or {}),
+    )
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
     imnn.save(os.path.join(out, "imnn.pkl"))
     imnn.plot(expected_detF=expected_detF, filename=os.path.join(out, "history.png"))
     h = imnn.history
-    summary = dict(iterations=int(len(h["detF"])), detF=float(np.linalg.det(imnn.F)),
-                   final_training_detF=float(h["detF"][-1]) if len(h["detF"]) else None,
-                   best_detF=float(h["max_detF"][-1]) if len(h["max_detF"]) else None)
+    summary = dict(
+        iterations=int(len(h["detF"])),
+        detF=float(np.linalg.det(imnn.F)),
+        final_training_detF=float(h["detF"][-1]) if len(h["detF"]) else None,
+        best_detF=float(h["max_detF"][-1]) if len(h["max_detF"]) else None,
+    )
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

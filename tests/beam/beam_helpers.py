@@ -1,5 +1,6 @@
 """Helpers of the beam_jobs tests (a module of its own: ``conftest`` is a name
 every test folder uses)."""
+
 from pathlib import Path
 
 SIMS = str(Path(__file__).with_name("beam_sims.py"))

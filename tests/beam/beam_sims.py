@@ -1,5 +1,6 @@
 """Simulators for the beam_jobs tests, loaded by file path
 (``/abs/path/beam_sims.py:name``) in the Beam worker processes."""
+
 import time
 
 import jax
@@ -21,8 +22,9 @@ def slow_toy(key, θ):
     """The 10-draw Gaussian toy, float32(10,), sleeping SLEEP s per vmapped call
     (a host callback that returns its input unchanged)."""
     x = gaussian_toy(key, θ)
-    return jax.pure_callback(_sleep_identity, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
-                             vmap_method="broadcast_all")
+    return jax.pure_callback(
+        _sleep_identity, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="broadcast_all"
+    )
 
 
 def _fail_at_runtime(x):
@@ -32,8 +34,9 @@ def _fail_at_runtime(x):
 def failing_toy(key, θ):
     """Traces fine (so it passes the driver's shape check) but raises on a worker."""
     x = gaussian_toy(key, θ)
-    return jax.pure_callback(_fail_at_runtime, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
-                             vmap_method="broadcast_all")
+    return jax.pure_callback(
+        _fail_at_runtime, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="broadcast_all"
+    )
 
 
 def two_outputs(key, θ):

@@ -1,5 +1,6 @@
 """Fixtures for the beam_jobs tests: a compilation cache for the Beam workers (the
 loopback GCS emulator is the session fixture of tests/conftest.py)."""
+
 from __future__ import annotations
 
 import os

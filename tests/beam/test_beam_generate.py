@@ -3,6 +3,7 @@
 One numerical archive (2 workers) is the reference: the same job with 1 worker
 and the resumed, interrupted job must reproduce its shard files byte for byte.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,20 +25,54 @@ from writers.manifest import read_manifest
 from writers.schema import decode_example
 from writers.framing import iter_records
 
-from beam_helpers import multi, sim
+from .beam_helpers import multi, sim
+
+pytestmark = pytest.mark.e2e  # end to end: real processes, minutes
 
 THETA, DELTA = [0.0, 1.0], [0.1, 0.2]
 # 24 shards: fiducial 4 seeds per shard, derivative 1 seed (4 records) per shard
-NUMERICAL = dict(simulator=sim("slow_toy"), theta_fid=THETA, delta_theta=DELTA, n_s=16, n_d=8,
-                 n_devices=2, mode="numerical", records_per_shard=4, batch_size=4,
-                 seeds={"train": 3, "validation": 4})
+NUMERICAL = dict(
+    simulator=sim("slow_toy"),
+    theta_fid=THETA,
+    delta_theta=DELTA,
+    n_s=16,
+    n_d=8,
+    n_devices=2,
+    mode="numerical",
+    records_per_shard=4,
+    batch_size=4,
+    seeds={"train": 3, "validation": 4},
+)
 
 
 def cli_args(out):
-    return ["generate", "--simulator", sim("slow_toy"), "--theta-fid", "0,1",
-            "--delta-theta", "0.1,0.2", "--n-s", "16", "--n-d", "8", "--n-devices", "2",
-            "--mode", "numerical", "--records-per-shard", "4", "--batch-size", "4",
-            "--seed", "3", "--validation-seed", "4", "--out", str(out)]
+    return [
+        "generate",
+        "--simulator",
+        sim("slow_toy"),
+        "--theta-fid",
+        "0,1",
+        "--delta-theta",
+        "0.1,0.2",
+        "--n-s",
+        "16",
+        "--n-d",
+        "8",
+        "--n-devices",
+        "2",
+        "--mode",
+        "numerical",
+        "--records-per-shard",
+        "4",
+        "--batch-size",
+        "4",
+        "--seed",
+        "3",
+        "--validation-seed",
+        "4",
+        "--out",
+        str(out),
+    ]
 
 
 def records(root, split, kind):
@@ -101,16 +136,20 @@ def test_numerical_archive_validates_and_is_seed_matched(numerical):
         der = records(root, split, "derivative")
         # order seed → sign → parameter, at θ_fid ∓ δθ_α/2 with the fiducial key
         assert [(r["seed"], r["derivative"], r["parameter"]) for r in der] == [
-            (s, sign, a) for s in range(8) for sign in range(2) for a in range(2)]
+            (s, sign, a) for s in range(8) for sign in range(2) for a in range(2)
+        ]
         for r in der[::3]:
             step = np.zeros(2, np.float32)
             step[r["parameter"]] = DELTA[r["parameter"]] / 2
             t = np.asarray(THETA, np.float32) + (step if r["derivative"] else -step)
-            np.testing.assert_array_equal(r["data"], gaussian_toy(key(base, r["seed"]),
-                                                                  jnp.asarray(t)))
+            np.testing.assert_array_equal(
+                r["data"], gaussian_toy(key(base, r["seed"]), jnp.asarray(t))
+            )
     # same seeds, different splits: different simulations
-    assert not np.array_equal(records(root, "train", "fiducial")[0]["data"],
-                              records(root, "validation", "fiducial")[0]["data"])
+    assert not np.array_equal(
+        records(root, "train", "fiducial")[0]["data"],
+        records(root, "validation", "fiducial")[0]["data"],
+    )
 
 
 def test_one_worker_gives_byte_identical_shards(numerical, tmp_path):
@@ -119,7 +158,10 @@ def test_one_worker_gives_byte_identical_shards(numerical, tmp_path):
     generate(other, **NUMERICAL, beam_args=multi(1), progress=False)
     a, b = shard_bytes(root), shard_bytes(other)
     assert len(a) == 24 and a == b
-    files = lambda r: {f["path"]: f["sha256"] for f in read_manifest(r).all_files()}
+
+    def files(r):
+        return {f["path"]: f["sha256"] for f in read_manifest(r).all_files()}
+
     assert files(root) == files(other)
 
 
@@ -139,9 +181,13 @@ def test_interrupted_run_resumes_to_identical_archive(numerical, tmp_path, capsy
     reference, _ = numerical
     root = tmp_path / "resumed"
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "beam_jobs.cli", *cli_args(root),
-                             "--no-progress", *multi(2)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "beam_jobs.cli", *cli_args(root), "--no-progress", *multi(2)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -176,8 +222,9 @@ def test_interrupted_run_resumes_to_identical_archive(numerical, tmp_path, capsy
     mtimes = all_mtimes(root)
     capsys.readouterr()
     assert cli.main([*cli_args(root), "--no-progress"]) == 0
-    assert "archive already complete and valid (24 shards); nothing written" in \
-        capsys.readouterr().err
+    assert (
+        "archive already complete and valid (24 shards); nothing written" in capsys.readouterr().err
+    )
     assert mtimes == all_mtimes(root)
     assert shard_bytes(root) == shard_bytes(reference)
 
@@ -185,9 +232,22 @@ def test_interrupted_run_resumes_to_identical_archive(numerical, tmp_path, capsy
 def test_gradient_archive(tmp_path):
     root = str(tmp_path / "gradient")
     n_s, n_d = 8, 4
-    generate(root, "grf", [1.0, 2.0], None, n_s, n_d, 2, "gradient", records_per_shard=2,
-             simulator_config={"size": 8}, batch_size=4, beam_args=multi(2),
-             seeds={"train": 0}, progress=False)
+    generate(
+        root,
+        "grf",
+        [1.0, 2.0],
+        None,
+        n_s,
+        n_d,
+        2,
+        "gradient",
+        records_per_shard=2,
+        simulator_config={"size": 8},
+        batch_size=4,
+        beam_args=multi(2),
+        seeds={"train": 0},
+        progress=False,
+    )
     report = writers.validate(root)
     assert report.ok, str(report)
     m = read_manifest(root)
@@ -198,20 +258,36 @@ def test_gradient_archive(tmp_path):
     simulator, θ = gaussian_random_field(8), jnp.array([1.0, 2.0])
     for r in (main[0], main[3]):
         assert r["gradient"].shape == (8, 8, 2)
-        np.testing.assert_allclose(r["data"], simulator(key(0, r["seed"]), θ), rtol=1e-5,
-                                   atol=1e-6)
-        np.testing.assert_allclose(r["gradient"],
-                                   jax.jacfwd(simulator, argnums=1)(key(0, r["seed"]), θ),
-                                   rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(rest[-1]["data"], simulator(key(0, n_s - 1), θ), rtol=1e-5,
-                               atol=1e-6)
+        np.testing.assert_allclose(r["data"], simulator(key(0, r["seed"]), θ), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            r["gradient"],
+            jax.jacfwd(simulator, argnums=1)(key(0, r["seed"]), θ),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    np.testing.assert_allclose(
+        rest[-1]["data"], simulator(key(0, n_s - 1), θ), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.fixture(scope="module")
 def fiducial_only(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("fiducial") / "target")
-    generate(root, "toy", THETA, None, 6, 0, 3, "fiducial", records_per_shard=1,
-             seeds={"train": 42}, batch_size=8, beam_args=multi(2), progress=False)
+    generate(
+        root,
+        "toy",
+        THETA,
+        None,
+        6,
+        0,
+        3,
+        "fiducial",
+        records_per_shard=1,
+        seeds={"train": 42},
+        batch_size=8,
+        beam_args=multi(2),
+        progress=False,
+    )
     return root
 
 
@@ -231,9 +307,23 @@ def test_gcs_output_matches_local(fiducial_only, gcs_server, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
     url = "gs://imnn-test/target"
     flags = ["--no_auth", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    generate(url, "toy", THETA, None, 6, 0, 3, "fiducial", records_per_shard=1,
-             seeds={"train": 42}, batch_size=8, beam_args=flags, progress=False)
+    generate(
+        url,
+        "toy",
+        THETA,
+        None,
+        6,
+        0,
+        3,
+        "fiducial",
+        records_per_shard=1,
+        seeds={"train": 42},
+        batch_size=8,
+        beam_args=flags,
+        progress=False,
+    )
     from writers import fs
+
     fs.configure(["--no_auth"])
     try:
         report = writers.validate(url)
@@ -243,9 +333,20 @@ def test_gcs_output_matches_local(fiducial_only, gcs_server, monkeypatch):
         for rel, data in local.items():
             assert fs.read_bytes(fs.join(url, rel)) == data
         # and a re-run finds it complete
-        again = run_generation(url, "toy", THETA, None, 6, 0, 3, "fiducial",
-                               records_per_shard=1, seeds={"train": 42}, beam_args=flags,
-                               progress=False)
+        again = run_generation(
+            url,
+            "toy",
+            THETA,
+            None,
+            6,
+            0,
+            3,
+            "fiducial",
+            records_per_shard=1,
+            seeds={"train": 42},
+            beam_args=flags,
+            progress=False,
+        )
         assert again.nothing_to_do
     finally:
         fs.configure([])

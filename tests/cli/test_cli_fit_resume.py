@@ -1,4 +1,5 @@
 """The command line end to end: fit from an archive, kill and resume, estimate."""
+
 import json
 import os
 import pickle
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 from writers.archive import write_arrays
-from toy_problem import DELTA_THETA, THETA_FID, toy_data
+from ..toy_problem import DELTA_THETA, THETA_FID, toy_data
+
+pytestmark = pytest.mark.e2e  # end to end: real processes, minutes
 
 CLI = [sys.executable, "-m", "imnn_stream"]
 
@@ -22,20 +25,53 @@ def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     (f, d, _), (vf, vd, _) = toy_data(0, 200, 200), toy_data(1, 200, 200)
     path = str(root / "archive")
-    write_arrays(path, "numerical", THETA_FID, DELTA_THETA, fiducial=f, derivative=d,
-                 validation_fiducial=vf, validation_derivative=vd, n_devices=2,
-                 records_per_shard=50)
+    write_arrays(
+        path,
+        "numerical",
+        THETA_FID,
+        DELTA_THETA,
+        fiducial=f,
+        derivative=d,
+        validation_fiducial=vf,
+        validation_derivative=vd,
+        n_devices=2,
+        records_per_shard=50,
+    )
     target = str(root / "target")
-    write_arrays(target, "fiducial", THETA_FID, fiducial=toy_data(9, 64, 1)[0], n_devices=1,
-                 records_per_shard=64)
+    write_arrays(
+        target,
+        "fiducial",
+        THETA_FID,
+        fiducial=toy_data(9, 64, 1)[0],
+        n_devices=1,
+        records_per_shard=64,
+    )
     return path, target
 
 
 def fit_args(archive, out, iterations):
-    return CLI + ["fit", archive, "--model", "mlp:32,32", "--optimiser", "adam:1e-3",
-                  "--devices", "2", "--n-per-device", "50", "--max-iterations", str(iterations),
-                  "--min-iterations", str(iterations), "--patience", str(iterations),
-                  "--checkpoint-every", "3", "--out", out]
+    return CLI + [
+        "fit",
+        archive,
+        "--model",
+        "mlp:32,32",
+        "--optimiser",
+        "adam:1e-3",
+        "--devices",
+        "2",
+        "--n-per-device",
+        "50",
+        "--max-iterations",
+        str(iterations),
+        "--min-iterations",
+        str(iterations),
+        "--patience",
+        str(iterations),
+        "--checkpoint-every",
+        "3",
+        "--out",
+        out,
+    ]
 
 
 def final_w(run):
@@ -51,8 +87,9 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
 
     cut = str(tmp_path / "cut")
     ckpt = os.path.join(cut, "checkpoint", "checkpoint.pkl")
-    proc = subprocess.Popen(fit_args(path, cut, iterations), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        fit_args(path, cut, iterations), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -64,8 +101,9 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
     assert 0 < done < iterations
     assert not os.path.exists(os.path.join(cut, "imnn.pkl"))
 
-    subprocess.run(fit_args(path, cut, iterations) + ["--resume"], check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        fit_args(path, cut, iterations) + ["--resume"], check=True, capture_output=True, timeout=600
+    )
     a, b = final_w(whole), final_w(cut)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
     with open(os.path.join(cut, "summary.json")) as f:
@@ -84,7 +122,9 @@ def test_estimate_from_run_on_npy_and_archive(archive, tmp_path, capsys):
     for source in (str(tmp_path / "target.npy"), target):
         capsys.readouterr()
         assert main(["estimate", run, source]) == 0
-        out.append(np.array(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["estimate"]))
+        out.append(
+            np.array(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["estimate"])
+        )
     assert out[0].shape == (64, 2)
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6)
     assert (tmp_path / "run" / "history.png").stat().st_size > 1000

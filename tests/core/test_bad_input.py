@@ -1,4 +1,5 @@
 """Every constructor and fit argument is checked, and the error names it."""
+
 import jax
 import numpy as np
 import optax
@@ -6,7 +7,7 @@ import pytest
 
 import imnn_stream as im
 from beam_jobs.simulators import gaussian_toy
-from toy_problem import DELTA_THETA, THETA_FID
+from ..toy_problem import DELTA_THETA, THETA_FID
 
 N_S, N_D = 16, 8
 rng = np.random.default_rng(0)
@@ -17,8 +18,17 @@ MODEL = im.models.mlp((8,), 2)
 
 
 def base(**over):
-    kw = dict(n_s=N_S, n_d=N_D, n_params=2, n_summaries=2, input_shape=(10,), θ_fid=THETA_FID,
-              model=MODEL, optimiser=optax.adam(1e-3), key_or_state=jax.random.PRNGKey(0))
+    kw = dict(
+        n_s=N_S,
+        n_d=N_D,
+        n_params=2,
+        n_summaries=2,
+        input_shape=(10,),
+        θ_fid=THETA_FID,
+        model=MODEL,
+        optimiser=optax.adam(1e-3),
+        key_or_state=jax.random.PRNGKey(0),
+    )
     kw.update(over)
     return kw
 
@@ -37,8 +47,9 @@ def gradient(**over):
 
 def aggregated(**over):
     d = jax.devices("cpu")
-    kw = base(fiducial=FID, derivative=NUM, δθ=DELTA_THETA, host=d[0], devices=d[:2],
-              n_per_device=4)
+    kw = base(
+        fiducial=FID, derivative=NUM, δθ=DELTA_THETA, host=d[0], devices=d[:2], n_per_device=4
+    )
     kw.update(over)
     return im.AggregatedNumericalGradientIMNN(**kw)
 
@@ -77,24 +88,53 @@ CASES = [
     ("integer fiducial", lambda: numerical(fiducial=FID.astype(np.int32)), TypeError, "fiducial"),
     ("δθ wrong length", lambda: numerical(δθ=np.ones(3)), ValueError, "δθ"),
     ("δθ negative", lambda: numerical(δθ=np.array([0.1, -0.1])), ValueError, "δθ"),
-    ("validation half given", lambda: numerical(validation_fiducial=FID), ValueError,
-     "validation_derivative"),
-    ("validation wrong shape", lambda: numerical(validation_fiducial=FID[:4], validation_derivative=NUM),
-     ValueError, "validation_fiducial"),
-    ("simulator not callable", lambda: im.SimulatorIMNN(**base(simulator=3)), TypeError, "simulator"),
-    ("simulator wrong shape", lambda: im.SimulatorIMNN(**base(simulator=lambda k, t: t)), ValueError,
-     "simulator"),
+    (
+        "validation half given",
+        lambda: numerical(validation_fiducial=FID),
+        ValueError,
+        "validation_derivative",
+    ),
+    (
+        "validation wrong shape",
+        lambda: numerical(validation_fiducial=FID[:4], validation_derivative=NUM),
+        ValueError,
+        "validation_fiducial",
+    ),
+    (
+        "simulator not callable",
+        lambda: im.SimulatorIMNN(**base(simulator=3)),
+        TypeError,
+        "simulator",
+    ),
+    (
+        "simulator wrong shape",
+        lambda: im.SimulatorIMNN(**base(simulator=lambda k, t: t)),
+        ValueError,
+        "simulator",
+    ),
     ("n_per_device not dividing", lambda: aggregated(n_per_device=3), ValueError, "n_per_device"),
     ("devices not a list", lambda: aggregated(devices="cpu"), TypeError, "devices"),
     ("host missing device", lambda: aggregated(host="cpu:0"), TypeError, "host"),
     ("n_per_device zero", lambda: aggregated(n_per_device=0), ValueError, "n_per_device"),
-    ("factory partial aggregation", lambda: factory(fiducial=FID, derivative=NUM, δθ=DELTA_THETA,
-                                                    host=jax.devices()[0]), ValueError, "devices"),
+    (
+        "factory partial aggregation",
+        lambda: factory(fiducial=FID, derivative=NUM, δθ=DELTA_THETA, host=jax.devices()[0]),
+        ValueError,
+        "devices",
+    ),
     ("factory nothing", lambda: factory(), ValueError, "simulator"),
-    ("factory simulator and fiducial", lambda: factory(simulator=gaussian_toy, fiducial=FID),
-     ValueError, "fiducial"),
-    ("factory mixed list/array", lambda: factory(fiducial=[iter([])], derivative=NUM, δθ=DELTA_THETA),
-     TypeError, "fiducial"),
+    (
+        "factory simulator and fiducial",
+        lambda: factory(simulator=gaussian_toy, fiducial=FID),
+        ValueError,
+        "fiducial",
+    ),
+    (
+        "factory mixed list/array",
+        lambda: factory(fiducial=[iter([])], derivative=NUM, δθ=DELTA_THETA),
+        TypeError,
+        "fiducial",
+    ),
     ("factory main without remaining", lambda: factory(main=[iter([])]), ValueError, "remaining"),
     ("fit λ ϵ switch regulariser off", fit(λ=10.0, ϵ=0.12), ValueError, "ϵ=0.12"),
     ("fit patience negative", fit(patience=-1), ValueError, "patience"),
@@ -102,8 +142,12 @@ CASES = [
     ("fit print_rate zero", fit(print_rate=0), ValueError, "print_rate"),
     ("fit best not bool", fit(best="yes"), TypeError, "best"),
     ("fit rng not a key", fit(rng=5), TypeError, "rng"),
-    ("simulator fit without rng", lambda: im.SimulatorIMNN(**base(simulator=gaussian_toy)).fit(10.0, 0.1),
-     ValueError, "rng"),
+    (
+        "simulator fit without rng",
+        lambda: im.SimulatorIMNN(**base(simulator=gaussian_toy)).fit(10.0, 0.1),
+        ValueError,
+        "rng",
+    ),
 ]
 
 
@@ -132,5 +176,7 @@ def test_factory_picks_the_right_classes():
     assert type(factory(fiducial=FID, derivative=GRAD)) is im.GradientIMNN
     assert type(factory(fiducial=FID, derivative=GRAD, **agg)) is im.AggregatedGradientIMNN
     assert type(factory(fiducial=FID, derivative=NUM, δθ=DELTA_THETA)) is im.NumericalGradientIMNN
-    assert type(factory(fiducial=FID, derivative=NUM, δθ=DELTA_THETA, **agg)) is \
-        im.AggregatedNumericalGradientIMNN
+    assert (
+        type(factory(fiducial=FID, derivative=NUM, δθ=DELTA_THETA, **agg))
+        is im.AggregatedNumericalGradientIMNN
+    )

@@ -1,4 +1,5 @@
 """The mathematics against exact answers and the reference's forms."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ from imnn_stream import fisher
 
 def test_covariance_and_mean_match_numpy():
     x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float64)
-    np.testing.assert_allclose(fisher.covariance(jnp.asarray(x)), np.cov(x, rowvar=False), rtol=1e-5)
+    np.testing.assert_allclose(
+        fisher.covariance(jnp.asarray(x)), np.cov(x, rowvar=False), rtol=1e-5
+    )
     np.testing.assert_allclose(fisher.mean(jnp.asarray(x)), x.mean(0), rtol=1e-5)
 
 
@@ -16,7 +19,7 @@ def test_exact_fisher_of_toy_problem():
     # optimal summaries of 10 draws from N(μ, Σ) at (0, 1): x = (Σd, Σd²); the Fisher is diag(10, 5)
     rng = np.random.default_rng(1)
     d = rng.normal(size=(200000, 10))
-    x = np.stack([d.sum(1), (d ** 2).sum(1)], 1)
+    x = np.stack([d.sum(1), (d**2).sum(1)], 1)
     dμ_dθ = np.array([[10.0, 0.0], [0.0, 10.0]])  # ∂(Σd)/∂μ = 10, ∂(Σd²)/∂Σ = 10
     C = np.cov(x, rowvar=False)
     F = fisher.fisher(jnp.asarray(dμ_dθ), jnp.asarray(np.linalg.inv(C)))
@@ -38,11 +41,21 @@ def test_loss_form_matches_reference_expression():
     r = λ * Λ2 / (Λ2 + np.exp(-α * Λ2))
     expected = -np.log(np.linalg.det(F)) + r * Λ2
     assert float(value) == pytest.approx(expected, rel=1e-5)
-    assert α == pytest.approx(-np.log(ϵ * (λ - 1) + ϵ ** 2 / (1 + ϵ)) / ϵ)
+    assert α == pytest.approx(-np.log(ϵ * (λ - 1) + ϵ**2 / (1 + ϵ)) / ϵ)
 
 
-@pytest.mark.parametrize("lam, eps", [(10.0, 0.12), (10.0, 0.5), (1.0, 2.0), (0.5, 0.1), (-1.0, 0.1),
-                                   (10.0, 0.0), (float("nan"), 0.1)])
+@pytest.mark.parametrize(
+    "lam, eps",
+    [
+        (10.0, 0.12),
+        (10.0, 0.5),
+        (1.0, 2.0),
+        (0.5, 0.1),
+        (-1.0, 0.1),
+        (10.0, 0.0),
+        (float("nan"), 0.1),
+    ],
+)
 def test_alpha_rejects_pairs_that_switch_the_regulariser_off(lam, eps):
     with pytest.raises(ValueError) as e:
         fisher.alpha(lam, eps)
@@ -59,8 +72,9 @@ def test_numerical_derivative_divides_by_full_step():
     a = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)  # (n_summaries, n_params)
     δθ = np.array([0.1, 0.2], np.float32)
     θ = np.array([0.0, 1.0], np.float32)
-    y = np.stack([np.stack([a @ (θ - s * np.eye(2)[p] * δθ[p] / 2) for p in range(2)])
-                  for s in (1, -1)])[None]  # (1, 2, n_params, n_summaries)
+    y = np.stack(
+        [np.stack([a @ (θ - s * np.eye(2)[p] * δθ[p] / 2) for p in range(2)]) for s in (1, -1)]
+    )[None]  # (1, 2, n_params, n_summaries)
     dx = fisher.numerical_derivative(jnp.asarray(y), jnp.asarray(δθ))
     np.testing.assert_allclose(dx[0], a, rtol=1e-5)
 

@@ -1,4 +1,5 @@
 """Aggregated (two-pass, several devices) gradients equal the in-memory ones."""
+
 import jax
 import numpy as np
 import optax
@@ -6,22 +7,36 @@ import pytest
 
 import imnn_stream as im
 from beam_jobs.simulators import gaussian_random_field, gaussian_toy
-from toy_problem import DELTA_THETA, THETA_FID, toy_data
+from ..toy_problem import DELTA_THETA, THETA_FID, toy_data
 
 N_S, N_D = 96, 48
 
 
 def rel_diff(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    num = np.sqrt(sum(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2) for x, y in zip(la, lb)))
+    num = np.sqrt(
+        sum(
+            np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
+            for x, y in zip(la, lb)
+        )
+    )
     den = np.sqrt(sum(np.sum(np.asarray(y, np.float64) ** 2) for y in lb))
     return num / den
 
 
 def common(shape=(10,)):
     model = im.models.mlp((32, 32), 2) if len(shape) == 1 else im.models.cnn((4, 8), 16, 2)
-    return dict(n_s=N_S, n_d=N_D, n_params=2, n_summaries=2, input_shape=shape, θ_fid=THETA_FID,
-                model=model, optimiser=optax.adam(1e-3), key_or_state=jax.random.PRNGKey(3))
+    return dict(
+        n_s=N_S,
+        n_d=N_D,
+        n_params=2,
+        n_summaries=2,
+        input_shape=shape,
+        θ_fid=THETA_FID,
+        model=model,
+        optimiser=optax.adam(1e-3),
+        key_or_state=jax.random.PRNGKey(3),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +48,15 @@ def data():
 def test_numerical_aggregated_gradient_equals_in_memory(data, cpu_devices, n_devices):
     fid, num, _ = data
     a = im.NumericalGradientIMNN(**common(), fiducial=fid, derivative=num, δθ=DELTA_THETA)
-    b = im.AggregatedNumericalGradientIMNN(**common(), fiducial=fid, derivative=num, δθ=DELTA_THETA,
-                                           host=cpu_devices[0], devices=cpu_devices[:n_devices],
-                                           n_per_device=8)
+    b = im.AggregatedNumericalGradientIMNN(
+        **common(),
+        fiducial=fid,
+        derivative=num,
+        δθ=DELTA_THETA,
+        host=cpu_devices[0],
+        devices=cpu_devices[:n_devices],
+        n_per_device=8,
+    )
     ga, sa = a.loss_gradient(10.0, 0.1)
     gb, sb = b.loss_gradient(10.0, 0.1)
     assert rel_diff(gb, ga) < 1e-5
@@ -46,8 +67,14 @@ def test_numerical_aggregated_gradient_equals_in_memory(data, cpu_devices, n_dev
 def test_gradient_aggregated_gradient_equals_in_memory(data, cpu_devices, n_devices):
     fid, _, grad = data
     a = im.GradientIMNN(**common(), fiducial=fid, derivative=grad)
-    b = im.AggregatedGradientIMNN(**common(), fiducial=fid, derivative=grad, host=cpu_devices[0],
-                                  devices=cpu_devices[:n_devices], n_per_device=8)
+    b = im.AggregatedGradientIMNN(
+        **common(),
+        fiducial=fid,
+        derivative=grad,
+        host=cpu_devices[0],
+        devices=cpu_devices[:n_devices],
+        n_per_device=8,
+    )
     ga, _ = a.loss_gradient(10.0, 0.1)
     gb, _ = b.loss_gradient(10.0, 0.1)
     assert rel_diff(gb, ga) < 1e-5
@@ -57,8 +84,13 @@ def test_gradient_aggregated_gradient_equals_in_memory(data, cpu_devices, n_devi
 def test_simulator_aggregated_gradient_equals_in_memory(cpu_devices, n_devices):
     key = jax.random.PRNGKey(11)
     a = im.SimulatorIMNN(**common(), simulator=gaussian_toy)
-    b = im.AggregatedSimulatorIMNN(**common(), simulator=gaussian_toy, host=cpu_devices[0],
-                                   devices=cpu_devices[:n_devices], n_per_device=8)
+    b = im.AggregatedSimulatorIMNN(
+        **common(),
+        simulator=gaussian_toy,
+        host=cpu_devices[0],
+        devices=cpu_devices[:n_devices],
+        n_per_device=8,
+    )
     ga, _ = a.loss_gradient(10.0, 0.1, key=key)
     gb, _ = b.loss_gradient(10.0, 0.1, key=key)
     assert rel_diff(gb, ga) < 1e-5
@@ -81,17 +113,35 @@ def test_gradient_mode_on_non_square_2d_input_matches_finite_differences(cpu_dev
     xn, dxn = n.get_summaries()
     np.testing.assert_allclose(xg, xn, rtol=1e-6)
     np.testing.assert_allclose(dxg, dxn, rtol=2e-2, atol=2e-3)
-    b = im.AggregatedGradientIMNN(**kw, fiducial=fid, derivative=grad, host=cpu_devices[0],
-                                  devices=cpu_devices[:2], n_per_device=16)
+    b = im.AggregatedGradientIMNN(
+        **kw,
+        fiducial=fid,
+        derivative=grad,
+        host=cpu_devices[0],
+        devices=cpu_devices[:2],
+        n_per_device=16,
+    )
     assert rel_diff(b.loss_gradient(10.0, 0.1)[0], g.loss_gradient(10.0, 0.1)[0]) < 1e-5
 
 
 def test_aggregated_over_four_devices_matches_one(data, cpu_devices):
     fid, num, _ = data
-    one = im.AggregatedNumericalGradientIMNN(**common(), fiducial=fid, derivative=num, δθ=DELTA_THETA,
-                                             host=cpu_devices[0], devices=cpu_devices[:1],
-                                             n_per_device=24)
-    four = im.AggregatedNumericalGradientIMNN(**common(), fiducial=fid, derivative=num,
-                                              δθ=DELTA_THETA, host=cpu_devices[0],
-                                              devices=cpu_devices[:4], n_per_device=6)
+    one = im.AggregatedNumericalGradientIMNN(
+        **common(),
+        fiducial=fid,
+        derivative=num,
+        δθ=DELTA_THETA,
+        host=cpu_devices[0],
+        devices=cpu_devices[:1],
+        n_per_device=24,
+    )
+    four = im.AggregatedNumericalGradientIMNN(
+        **common(),
+        fiducial=fid,
+        derivative=num,
+        δθ=DELTA_THETA,
+        host=cpu_devices[0],
+        devices=cpu_devices[:4],
+        n_per_device=6,
+    )
     assert rel_diff(four.loss_gradient(10.0, 0.1)[0], one.loss_gradient(10.0, 0.1)[0]) < 1e-5

@@ -1,4 +1,5 @@
 """gs:// and s3:// round trips against loopback servers started by the fixtures."""
+
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from writers import fs
 from writers.archive import write_arrays
 from writers.streams import close_all, device_streams
 
-from writers_helpers import N_S, make_arrays
+from .writers_helpers import N_S, make_arrays
 
 
 @pytest.fixture
@@ -26,8 +27,12 @@ def gcs(gcs_server, monkeypatch):
 def s3(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    flags = [f"--s3_endpoint_url={s3_server}", "--s3_region_name=us-east-1",
-             "--s3_access_key_id=test", "--s3_secret_access_key=test"]
+    flags = [
+        f"--s3_endpoint_url={s3_server}",
+        "--s3_region_name=us-east-1",
+        "--s3_access_key_id=test",
+        "--s3_secret_access_key=test",
+    ]
     fs.configure(flags)
     yield "s3://imnn-test", flags
     fs.configure([])
@@ -35,8 +40,16 @@ def s3(s3_server, monkeypatch):
 
 def round_trip(root, n_devices_written=2):
     fid, der, _ = make_arrays(seed=3)
-    write_arrays(root, "numerical", [1.0, 2.0], [0.1, 0.2], fiducial=fid, derivative=der,
-                 n_devices=n_devices_written, records_per_shard=5)
+    write_arrays(
+        root,
+        "numerical",
+        [1.0, 2.0],
+        [0.1, 0.2],
+        fiducial=fid,
+        derivative=der,
+        n_devices=n_devices_written,
+        records_per_shard=5,
+    )
     report = writers.validate(root)
     assert report.ok, str(report)
     for n_devices in (1, 2, 4):
@@ -45,9 +58,17 @@ def round_trip(root, n_devices_written=2):
             got = np.concatenate([next(s)["data"] for s in streams["fiducial"]])
             np.testing.assert_array_equal(got, fid)
             got = np.concatenate([next(s)["data"] for s in streams["derivative"]])
-            np.testing.assert_array_equal(got[: len(got)], der.reshape((-1,) + fid.shape[1:])[
-                np.concatenate([np.arange(d * 32 // n_devices, d * 32 // n_devices + N_S // n_devices)
-                                for d in range(n_devices)])])
+            np.testing.assert_array_equal(
+                got[: len(got)],
+                der.reshape((-1,) + fid.shape[1:])[
+                    np.concatenate(
+                        [
+                            np.arange(d * 32 // n_devices, d * 32 // n_devices + N_S // n_devices)
+                            for d in range(n_devices)
+                        ]
+                    )
+                ],
+            )
         finally:
             close_all(streams)
     return fid
@@ -71,7 +92,8 @@ def test_gcs_faults_named(gcs):
     report = writers.validate(root)
     assert {(e.file, e.message.split(":")[0]) for e in report.errors} == {
         (rel, "missing file listed in the manifest"),
-        ("train/extra.tfrecords", "unlisted file")}
+        ("train/extra.tfrecords", "unlisted file"),
+    }
 
 
 def test_s3_round_trip_and_cli(s3, tmp_path):
@@ -80,7 +102,12 @@ def test_s3_round_trip_and_cli(s3, tmp_path):
     round_trip(root)
     # The command line tool in a subprocess reaches the same server.
     env = dict(os.environ, IMNN_STREAM_FS_OPTIONS=" ".join(flags))
-    out = subprocess.run([sys.executable, "-m", "writers.cli", "validate", root],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "writers.cli", "validate", root],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().splitlines()[-1].startswith("VALID")

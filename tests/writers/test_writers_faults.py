@@ -1,5 +1,6 @@
 """One test per fault: each creates the fault in a real file and checks that
 the validator names the file (and record where it applies)."""
+
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from writers.schema import encode_example
 from writers.shard import write_shard
 from writers.framing import frame, read_records
 
-from writers_helpers import SHAPE, rewrite_manifest
+from .writers_helpers import SHAPE, rewrite_manifest
 
 
 def errors_of(root, **kw):
@@ -45,6 +46,7 @@ def replace_records(root, rel, payloads):
                         if f["path"] == rel:
                             f["sha256"] = hashlib.sha256(data).hexdigest()
                             f["bytes"] = len(data)
+
     rewrite_manifest(root, fix)
 
 
@@ -151,8 +153,7 @@ def test_wrong_shape(numerical_archive):
 def test_unmatched_finite_difference_seeds(numerical_archive):
     root, m = numerical_archive
     rel = first_file(m, "derivative", i=1)  # seeds 1..1 of device 0
-    recs = [encode_example(np.zeros(SHAPE, np.float32), 99, s, p)
-            for s in (0, 1) for p in range(2)]
+    recs = [encode_example(np.zeros(SHAPE, np.float32), 99, s, p) for s in (0, 1) for p in range(2)]
     replace_records(root, rel, recs)
     errs = errors_of(root)
     assert all(e.file == rel for e in errs) and [e.record for e in errs] == [0, 1, 2, 3]
@@ -160,7 +161,8 @@ def test_unmatched_finite_difference_seeds(numerical_archive):
 
 
 def test_gradient_on_remaining_seed(tmp_path):
-    from writers_helpers import make_arrays
+    from .writers_helpers import make_arrays
+
     fid, _, grad = make_arrays()
     root = str(tmp_path / "g")
     m = write_arrays(root, "gradient", [1.0, 2.0], None, fiducial=fid, gradient=grad)
@@ -188,6 +190,7 @@ def test_manifest_edited_count(numerical_archive):
 
     def edit(d):
         d["layout"]["train"]["fiducial"]["devices"][0]["files"][0]["count"] = 7
+
     rewrite_manifest(root, edit)
     errs = errors_of(root)
     assert errs[0].file == "manifest.json" and rel in errs[0].message
@@ -202,7 +205,8 @@ def test_manifest_not_json(numerical_archive):
 
 
 def test_nonfinite_is_warning_unless_asked(tmp_path):
-    from writers_helpers import make_arrays
+    from .writers_helpers import make_arrays
+
     fid, _, _ = make_arrays()
     fid[5, 1, 1] = np.nan
     root = str(tmp_path / "n")
@@ -222,6 +226,7 @@ def test_path_does_not_exist(tmp_path):
     with pytest.raises(MissingFileError, match="nope"):
         read_manifest(root)
     from writers.streams import device_streams
+
     with pytest.raises(FileNotFoundError, match="nope"):
         device_streams(root, "train", 1, 1)
 
@@ -253,14 +258,17 @@ def test_failed_shard_write_leaves_existing_file(numerical_archive):
     path = os.path.join(root, spec_path)
     before = open(path, "rb").read()
     from writers.layout import plan_shards
+
     spec = [s for s in plan_shards("numerical", 16, 8, 2, 2, 6) if s.path == spec_path][0]
     bad = [encode_example(np.zeros(SHAPE, np.float32), s) for s in range(3)]  # too few
     with pytest.raises(ArchiveError, match="expected 6 records, got 3"):
         write_shard(root, spec, bad)
     assert open(path, "rb").read() == before
     assert sorted(os.listdir(os.path.dirname(path))) == sorted(
-        os.path.basename(f["path"]) for f in m.files("train", "fiducial")
-        if os.path.dirname(f["path"]) == os.path.dirname(spec_path))
+        os.path.basename(f["path"])
+        for f in m.files("train", "fiducial")
+        if os.path.dirname(f["path"]) == os.path.dirname(spec_path)
+    )
     assert writers.validate(root).ok
 
 

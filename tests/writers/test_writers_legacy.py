@@ -1,4 +1,5 @@
 """Reference-format archives (adopt), the TFRecords class, tf.data parsers, CLI."""
+
 import glob
 import json
 import math
@@ -17,7 +18,7 @@ from writers.manifest import read_manifest
 from writers.parsers import tf_dataset
 from writers.streams import close_all, device_streams
 
-from writers_helpers import N_D, N_PARAMS, N_S, SHAPE, make_arrays
+from .writers_helpers import N_D, N_PARAMS, N_S, SHAPE, make_arrays
 
 
 def _bytes(v):
@@ -30,21 +31,37 @@ def _int(v):
 
 def write_reference(directory, fid, der=None, grad=None, record_size=1):
     """Files as the reference imnn writer leaves them: <stem>_<counter>.tfrecords."""
+
     def dump(stem, examples):
         per_file = record_size * (2 * N_PARAMS if stem == "derivative" and der is not None else 1)
         for c in range(math.ceil(len(examples) / per_file)):
             with tf.io.TFRecordWriter(os.path.join(directory, f"{stem}_{c}.tfrecords")) as w:
-                for ex in examples[c * per_file:(c + 1) * per_file]:
-                    w.write(tf.train.Example(features=tf.train.Features(
-                        feature=ex)).SerializeToString())
+                for ex in examples[c * per_file : (c + 1) * per_file]:
+                    w.write(
+                        tf.train.Example(features=tf.train.Features(feature=ex)).SerializeToString()
+                    )
+
     dump("fiducial", [{"data": _bytes(x.tobytes()), "seed": _int(i)} for i, x in enumerate(fid)])
     if der is not None:
-        dump("derivative", [{"data": _bytes(der[i, s, p].tobytes()), "seed": _int(i),
-                             "derivative": _int(s), "parameter": _int(p)}
-                            for i in range(len(der)) for s in (0, 1) for p in range(N_PARAMS)])
+        dump(
+            "derivative",
+            [
+                {
+                    "data": _bytes(der[i, s, p].tobytes()),
+                    "seed": _int(i),
+                    "derivative": _int(s),
+                    "parameter": _int(p),
+                }
+                for i in range(len(der))
+                for s in (0, 1)
+                for p in range(N_PARAMS)
+            ],
+        )
     if grad is not None:
-        dump("derivative", [{"data": _bytes(g.tobytes()), "seed": _int(i)}
-                            for i, g in enumerate(grad)])
+        dump(
+            "derivative",
+            [{"data": _bytes(g.tobytes()), "seed": _int(i)} for i, g in enumerate(grad)],
+        )
 
 
 def concat_epoch(streams, kind, per_device):
@@ -58,8 +75,23 @@ def test_adopt_numerical_reference_archive(tmp_path, arrays, capsys):
     fid, der, _ = arrays
     d = str(tmp_path)
     write_reference(d, fid, der=der, record_size=1)  # 16 fiducial files: _10 sorts before _2
-    code = cli.main(["adopt", d, "--mode", "numerical", "--theta-fid", "1", "2",
-                     "--delta-theta", "0.1", "0.2", "--input-shape", "3", "2"])
+    code = cli.main(
+        [
+            "adopt",
+            d,
+            "--mode",
+            "numerical",
+            "--theta-fid",
+            "1",
+            "2",
+            "--delta-theta",
+            "0.1",
+            "0.2",
+            "--input-shape",
+            "3",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert writers.validate(d).ok
@@ -78,8 +110,26 @@ def test_adopt_numerical_reference_archive(tmp_path, arrays, capsys):
         finally:
             close_all(st)
     # a second adopt refuses to overwrite the manifest
-    assert cli.main(["adopt", d, "--mode", "numerical", "--theta-fid", "1", "2",
-                     "--delta-theta", "0.1", "0.2", "--input-shape", "3", "2"]) == 1
+    assert (
+        cli.main(
+            [
+                "adopt",
+                d,
+                "--mode",
+                "numerical",
+                "--theta-fid",
+                "1",
+                "2",
+                "--delta-theta",
+                "0.1",
+                "0.2",
+                "--input-shape",
+                "3",
+                "2",
+            ]
+        )
+        == 1
+    )
 
 
 def test_adopt_gradient_reference_archive(tmp_path, arrays):
@@ -87,6 +137,7 @@ def test_adopt_gradient_reference_archive(tmp_path, arrays):
     d = str(tmp_path)
     write_reference(d, fid, grad=grad, record_size=4)
     from writers.legacy import adopt
+
     _, report = adopt(d, "gradient", [1.0, 2.0], None, SHAPE)
     assert report.ok, str(report)
     for n_devices in (1, 2, 4):
@@ -105,8 +156,23 @@ def test_adopt_rejects_broken_reference_archive(tmp_path, arrays, capsys):
     d = str(tmp_path)
     write_reference(d, fid, der=der, record_size=2)
     os.remove(os.path.join(d, "derivative_1.tfrecords"))  # seeds 2, 3 missing: a gap
-    code = cli.main(["adopt", d, "--mode", "numerical", "--theta-fid", "1", "2",
-                     "--delta-theta", "0.1", "0.2", "--input-shape", "3", "2"])
+    code = cli.main(
+        [
+            "adopt",
+            d,
+            "--mode",
+            "numerical",
+            "--theta-fid",
+            "1",
+            "2",
+            "--delta-theta",
+            "0.1",
+            "0.2",
+            "--input-shape",
+            "3",
+            "2",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().out
     assert "derivative_2.tfrecords" in err and "first_seed: expected 2, got 4" in err
@@ -121,26 +187,28 @@ def test_seed_numerical_recipe_runs_unchanged(numerical_archive, arrays):
     n_s, n_d, n_params, n_devices, n_per_device = N_S, N_D, N_PARAMS, 2, 4
     fiducial = [
         tf.data.TFRecordDataset(
-            sorted(glob.glob(f"{root}/train/fiducial/*/*.tfrecords")),
-            num_parallel_reads=1
-        ).map(writer.parser
-        ).skip(i * n_s // n_devices
-        ).take(n_s // n_devices
-        ).batch(n_per_device
-        ).repeat(
-        ).as_numpy_iterator()
-        for i in range(n_devices)]
+            sorted(glob.glob(f"{root}/train/fiducial/*/*.tfrecords")), num_parallel_reads=1
+        )
+        .map(writer.parser)
+        .skip(i * n_s // n_devices)
+        .take(n_s // n_devices)
+        .batch(n_per_device)
+        .repeat()
+        .as_numpy_iterator()
+        for i in range(n_devices)
+    ]
     derivative = [
         tf.data.TFRecordDataset(
-            sorted(glob.glob(f"{root}/train/derivative/*/*.tfrecords")),
-            num_parallel_reads=1
-        ).map(writer.parser
-        ).skip(i * 2 * n_params * n_d // n_devices
-        ).take(2 * n_params * n_d // n_devices
-        ).batch(n_per_device
-        ).repeat(
-        ).as_numpy_iterator()
-        for i in range(n_devices)]
+            sorted(glob.glob(f"{root}/train/derivative/*/*.tfrecords")), num_parallel_reads=1
+        )
+        .map(writer.parser)
+        .skip(i * 2 * n_params * n_d // n_devices)
+        .take(2 * n_params * n_d // n_devices)
+        .batch(n_per_device)
+        .repeat()
+        .as_numpy_iterator()
+        for i in range(n_devices)
+    ]
     ours = device_streams(root, "train", n_devices, n_per_device)
     try:
         for kind, theirs in (("fiducial", fiducial), ("derivative", derivative)):
@@ -154,28 +222,47 @@ def test_seed_numerical_recipe_runs_unchanged(numerical_archive, arrays):
 def test_seed_gradient_recipe_runs_unchanged(tmp_path, arrays):
     fid, _, grad = arrays
     root = str(tmp_path / "g")
-    write_arrays(root, "gradient", [1.0, 2.0], None, fiducial=fid, gradient=grad,
-                 records_per_shard=3)
+    write_arrays(
+        root, "gradient", [1.0, 2.0], None, fiducial=fid, gradient=grad, records_per_shard=3
+    )
     writer = writers.TFRecords.from_manifest(root)
     n_s, n_d, n_params, n_devices, n_per_device, i = N_S, N_D, N_PARAMS, 1, 4, 0
     # fiducial seeds 0..n_s-1 are the `main` files followed by `remaining`.
-    fiducial = tf.data.TFRecordDataset(
-        sorted(glob.glob(f"{root}/train/main/*/*")) + sorted(
-            glob.glob(f"{root}/train/remaining/*/*")),
-        num_parallel_reads=1).map(writer.parser).skip(i * n_s // n_devices).take(
-            n_s // n_devices)
-    main = tf.data.Dataset.zip((
-        fiducial,
-        tf.data.TFRecordDataset(sorted(glob.glob(f"{root}/train/main/*/*")),
-                                num_parallel_reads=1).map(
-            lambda example: writer.derivative_parser(example, n_params=n_params))
-    )).take(n_d // n_devices).batch(n_per_device).repeat().as_numpy_iterator()
-    remaining = fiducial.skip(n_d // n_devices).take((n_s - n_d) // n_devices).batch(
-        n_per_device).repeat().as_numpy_iterator()
+    fiducial = (
+        tf.data.TFRecordDataset(
+            sorted(glob.glob(f"{root}/train/main/*/*"))
+            + sorted(glob.glob(f"{root}/train/remaining/*/*")),
+            num_parallel_reads=1,
+        )
+        .map(writer.parser)
+        .skip(i * n_s // n_devices)
+        .take(n_s // n_devices)
+    )
+    main = (
+        tf.data.Dataset.zip(
+            (
+                fiducial,
+                tf.data.TFRecordDataset(
+                    sorted(glob.glob(f"{root}/train/main/*/*")), num_parallel_reads=1
+                ).map(lambda example: writer.derivative_parser(example, n_params=n_params)),
+            )
+        )
+        .take(n_d // n_devices)
+        .batch(n_per_device)
+        .repeat()
+        .as_numpy_iterator()
+    )
+    remaining = (
+        fiducial.skip(n_d // n_devices)
+        .take((n_s - n_d) // n_devices)
+        .batch(n_per_device)
+        .repeat()
+        .as_numpy_iterator()
+    )
     x, dx = next(main)
     np.testing.assert_array_equal(x, fid[:4])
     np.testing.assert_array_equal(dx, grad[:4])
-    np.testing.assert_array_equal(next(remaining), fid[N_D:N_D + 4])
+    np.testing.assert_array_equal(next(remaining), fid[N_D : N_D + 4])
 
 
 def test_tfrecords_float64_is_not_downcast(tmp_path):
@@ -195,8 +282,9 @@ def test_tf_parse_fn_from_manifest(numerical_archive, arrays):
     root, m = numerical_archive
     fid, der, _ = arrays
     recs = list(tf_dataset(root, m, "validation", "derivative").as_numpy_iterator())
-    np.testing.assert_array_equal(np.stack([r["data"] for r in recs]),
-                                  (der + 10).reshape((-1,) + SHAPE))
+    np.testing.assert_array_equal(
+        np.stack([r["data"] for r in recs]), (der + 10).reshape((-1,) + SHAPE)
+    )
     assert [int(r["parameter"]) for r in recs[:4]] == [0, 1, 0, 1]
     assert [int(r["derivative"]) for r in recs[:4]] == [0, 0, 1, 1]
 
@@ -206,6 +294,7 @@ def test_index_locates_every_record(numerical_archive, arrays):
     fid, der, _ = arrays
     from writers.index import find, read_index, read_record
     from writers.schema import decode_example
+
     assert read_index(root).num_rows == 2 * (N_S + 4 * N_D)
     (row,) = find(root, split="train", kind="derivative", seed=5, derivative=1, parameter=0)
     raw = read_record(root, row)
@@ -215,8 +304,12 @@ def test_index_locates_every_record(numerical_archive, arrays):
 
 def test_validate_cli_exit_status_and_json(numerical_archive):
     root, m = numerical_archive
-    run = lambda *a: subprocess.run([sys.executable, "-m", "writers.cli", *a],
-                                    capture_output=True, text=True, timeout=120)
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "writers.cli", *a], capture_output=True, text=True, timeout=120
+        )
+
     out = run("validate", root)
     assert out.returncode == 0 and out.stdout.startswith("VALID"), out.stderr
     os.remove(os.path.join(root, m.files("train", "fiducial")[0]["path"]))
@@ -230,18 +323,22 @@ def test_tfds_builder_from_directory(tmp_path, arrays):
     tfds = pytest.importorskip("tensorflow_datasets")
     from writers.tfds_meta import write_tfds_metadata
     from writers.errors import LayoutError
+
     fid, der, _ = arrays
     root = str(tmp_path / "t")
-    m = write_arrays(root, "numerical", [1.0, 2.0], [0.1, 0.2], fiducial=fid, derivative=der,
-                     records_per_shard=6)
+    m = write_arrays(
+        root, "numerical", [1.0, 2.0], [0.1, 0.2], fiducial=fid, derivative=der, records_per_shard=6
+    )
     write_tfds_metadata(root, m)
     assert writers.validate(root).ok
     b = tfds.builder_from_directory(os.path.join(root, "train"))
-    got = np.stack([e["data"] for e in tfds.as_numpy(b.as_dataset(split="derivative",
-                                                                   shuffle_files=False))])
+    got = np.stack(
+        [e["data"] for e in tfds.as_numpy(b.as_dataset(split="derivative", shuffle_files=False))]
+    )
     np.testing.assert_array_equal(got, der.reshape((-1,) + SHAPE))
-    seeds = [int(e["seed"]) for e in tfds.as_numpy(b.as_dataset(split="fiducial",
-                                                                shuffle_files=False))]
+    seeds = [
+        int(e["seed"]) for e in tfds.as_numpy(b.as_dataset(split="fiducial", shuffle_files=False))
+    ]
     assert seeds == list(range(N_S))
     m2 = write_arrays(str(tmp_path / "t2"), "fiducial", [1.0], fiducial=fid, n_devices=2)
     with pytest.raises(LayoutError, match="1 device"):
@@ -253,6 +350,8 @@ def test_reading_the_index_never_aborts_the_interpreter_at_exit(numerical_archiv
     # of the processes that read an in-memory Parquet buffer with threads
     root, _ = numerical_archive
     code = f"from writers.index import read_index; read_index({root!r})"
-    codes = [subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
-             for _ in range(6)]
+    codes = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+        for _ in range(6)
+    ]
     assert codes == [0] * 6

@@ -1,4 +1,5 @@
 """Write → validate → read back through the per-device streams."""
+
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ from writers.archive import write_arrays
 from writers.errors import ArchiveError, LayoutError
 from writers.streams import close_all, device_streams, epoch_records
 
-from writers_helpers import N_D, N_PARAMS, N_S, SHAPE, make_arrays
+from .writers_helpers import N_D, N_PARAMS, N_S, SHAPE, make_arrays
 
 
 def read_epoch(streams, kind, n_devices, epoch):
@@ -39,8 +40,9 @@ def test_numerical_round_trip(numerical_archive, arrays, n_devices):
             got = read_epoch(streams, "derivative", n_devices, e)
             np.testing.assert_array_equal(got["data"], (der + offset).reshape((-1,) + SHAPE))
             np.testing.assert_array_equal(got["seed"], np.repeat(np.arange(N_D), 2 * N_PARAMS))
-            np.testing.assert_array_equal(got["derivative"],
-                                          np.tile(np.repeat([0, 1], N_PARAMS), N_D))
+            np.testing.assert_array_equal(
+                got["derivative"], np.tile(np.repeat([0, 1], N_PARAMS), N_D)
+            )
             np.testing.assert_array_equal(got["parameter"], np.tile(np.arange(N_PARAMS), 2 * N_D))
         finally:
             close_all(streams)
@@ -50,8 +52,16 @@ def test_numerical_round_trip(numerical_archive, arrays, n_devices):
 def test_gradient_round_trip_float64(tmp_path, n_devices):
     fid, _, grad = make_arrays(dtype=np.float64)
     root = str(tmp_path / "g")
-    write_arrays(root, "gradient", [1.0, 2.0], None, fiducial=fid, gradient=grad,
-                 n_devices=4, records_per_shard=1)
+    write_arrays(
+        root,
+        "gradient",
+        [1.0, 2.0],
+        None,
+        fiducial=fid,
+        gradient=grad,
+        n_devices=4,
+        records_per_shard=1,
+    )
     assert writers.validate(root).ok
     m = writers.manifest.read_manifest(root)
     assert m.dtype == "float64"  # never silently down-cast
@@ -117,8 +127,9 @@ def test_write_arrays_refuses_existing_archive(numerical_archive, arrays):
 def test_shards_capped_by_bytes(tmp_path):
     fid, _, _ = make_arrays()
     root = str(tmp_path / "b")
-    m = write_arrays(root, "fiducial", [1.0, 2.0], fiducial=fid, records_per_shard=1000,
-                     max_bytes=250)
+    m = write_arrays(
+        root, "fiducial", [1.0, 2.0], fiducial=fid, records_per_shard=1000, max_bytes=250
+    )
     files = m.files("train", "fiducial")
     assert len(files) > 1 and all(f["bytes"] <= 250 for f in files)
     assert writers.validate(root).ok
@@ -141,6 +152,7 @@ def test_streams_across_varint_widths_and_negative_values(tmp_path):
 
 def test_stream_names_out_of_order_record(numerical_archive):
     from writers.framing import frame, read_records
+
     root, m = numerical_archive
     rel = m.files("train", "fiducial")[0]["path"]
     recs = read_records(f"{root}/{rel}")

@@ -1,4 +1,5 @@
 """Helpers shared by the writers tests (importable as writers_helpers)."""
+
 from __future__ import annotations
 
 import json

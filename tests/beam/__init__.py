@@ -1,0 +1,1 @@
+"""Test package (helpers are imported relatively)."""
