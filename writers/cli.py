@@ -21,11 +21,13 @@ def _fs_options(args) -> None:
 
 
 def _print_report(report, as_json: bool) -> None:
+    """JSON on stdout; or each error and warning as one line on stderr and
+    the summary line (VALID / INVALID) on stdout."""
     if as_json:
         print(json.dumps(report.to_json(), indent=1))
     else:
         for issue in report.errors + report.warnings:
-            print(issue)
+            print(" ".join(str(issue).split()), file=sys.stderr)
         print(report.summary_line())
 
 
@@ -38,19 +40,37 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
+def _list_of(convert, what):
+    """argparse type: one value or comma-separated values (``0,1``), so that lists
+    are written the same way as ``generate``'s; with nargs="+" ``0 1`` works too."""
+
+    def parse(text):
+        try:
+            return [convert(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    return parse
+
+
+def _flat(values):
+    return None if values is None else [v for part in values for v in part]
+
+
 def cmd_adopt(args) -> int:
     from .errors import ArchiveError
     from .legacy import adopt
 
     _fs_options(args)
-    base = dict(zip(("train", "validation"), args.base_seeds)) if args.base_seeds else None
+    seeds = _flat(args.base_seeds)
+    base = dict(zip(("train", "validation"), seeds)) if seeds else None
     try:
         _, report = adopt(
             args.dir,
             args.mode,
-            args.theta_fid,
-            args.delta_theta,
-            args.input_shape,
+            _flat(args.theta_fid),
+            _flat(args.delta_theta),
+            _flat(args.input_shape),
             dtype=args.dtype,
             base_seeds=base,
             simulator=args.simulator,
@@ -90,22 +110,30 @@ def register(subparsers) -> None:
     p.add_argument("dir", help="directory with fiducial_<n>.tfrecords, derivative_<n>.tfrecords")
     p.add_argument("--mode", required=True, choices=("numerical", "gradient", "fiducial"))
     p.add_argument(
-        "--theta-fid", required=True, type=float, nargs="+", help="fiducial parameter values θ_fid"
+        "--theta-fid",
+        required=True,
+        type=_list_of(float, "numbers"),
+        nargs="+",
+        help="fiducial parameter values θ_fid (0,1)",
     )
     p.add_argument(
         "--delta-theta",
-        type=float,
+        type=_list_of(float, "numbers"),
         nargs="+",
         default=None,
         help="finite-difference widths δθ (records at θ_fid ∓ δθ/2)",
     )
     p.add_argument(
-        "--input-shape", required=True, type=int, nargs="+", help="shape of one simulation"
+        "--input-shape",
+        required=True,
+        type=_list_of(int, "integers"),
+        nargs="+",
+        help="shape of one simulation (32,32)",
     )
     p.add_argument("--dtype", default="float32", choices=("float16", "float32", "float64"))
     p.add_argument(
         "--base-seeds",
-        type=int,
+        type=_list_of(int, "integers"),
         nargs="+",
         default=None,
         help="base seeds of train (and validation), if known",
@@ -117,7 +145,7 @@ def register(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m writers.cli")
+    parser = argparse.ArgumentParser(prog="python -m writers.cli", allow_abbrev=False)
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)

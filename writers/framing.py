@@ -262,6 +262,24 @@ def check_payload(
     return payload
 
 
+READ_CHUNK = 16 << 20
+
+
+def read_upto(f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes from ``f`` (fewer at the end of the file), read in
+    chunks so that a forged length never allocates more than the file holds."""
+    if n <= READ_CHUNK:
+        return f.read(n)
+    parts, got = [], 0
+    while got < n:
+        chunk = f.read(min(n - got, READ_CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
 def iter_records(
     f: BinaryIO, path: str = "<stream>", check_crc: bool = True, with_offsets: bool = False
 ) -> Iterator:
@@ -279,7 +297,14 @@ def iter_records(
         if not header:
             return
         length = header_length(header, 0, offset, path, record, check_crc)
-        body = f.read(length + FOOTER_BYTES)
+        body = read_upto(f, length + FOOTER_BYTES)
+        if len(body) < length + FOOTER_BYTES:
+            raise ArchiveError(
+                f"truncated record: record length {length} (plus a 4-byte CRC) exceeds the "
+                f"remaining file size {len(body)} (after the header at byte {offset})",
+                path,
+                record,
+            )
         payload = check_payload(body, 0, length, offset, path, record, check_crc)
         yield (offset, payload) if with_offsets else payload
         offset += HEADER_BYTES + length + FOOTER_BYTES

@@ -32,7 +32,7 @@ import tempfile
 import uuid
 from typing import Iterator
 
-from .errors import MissingFileError, WriteError
+from .errors import ArchiveError, MissingFileError, WriteError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _configured = False
@@ -44,8 +44,17 @@ def is_url(path: str) -> bool:
 
 
 def join(root: str, *parts: str) -> str:
-    """Join with '/' for URLs and os.path.join for local paths."""
+    """Join with '/' for URLs and os.path.join for local paths.
+
+    The parts stay below ``root``: an absolute part or one with a ``..``
+    segment raises :class:`ArchiveError` (``os.path.join`` and
+    ``posixpath.join`` would silently drop ``root`` for an absolute part).
+    """
     root = str(root)
+    for part in parts:
+        part = str(part)
+        if part.startswith(("/", "\\")) or os.path.isabs(part) or ".." in re.split(r"[/\\]", part):
+            raise ArchiveError(f"path {part!r} is not a relative path inside {root}", root)
     if is_url(root):
         return posixpath.join(root.rstrip("/") + "/", *parts)
     return os.path.join(root, *parts)

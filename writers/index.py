@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from . import fs
 from .layout import INDEX_NAME
 from .schema import record_seed
-from .framing import FRAMING_BYTES, iter_records
+from .framing import FRAMING_BYTES, iter_records, read_upto
 
 COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record", "offset", "length")
 
@@ -110,5 +110,5 @@ def read_record(root: str, row: dict) -> bytes:
     path = fs.join(root, row["file"])
     with fs.open_read(path) as f:
         f.seek(row["offset"])
-        framed = f.read(row["length"])
+        framed = read_upto(f, row["length"])
     return next(iter_records(io.BytesIO(framed), row["file"]))

@@ -34,6 +34,38 @@ TFDS_FILES = ("dataset_info.json", "features.json")
 LEGACY_FILE = re.compile(r"^(?:(validation)_)?(fiducial|derivative)_(\d+)\.tfrecords$")
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def relpath_problem(path) -> str | None:
+    """Why ``path`` is not a file name an archive may list (None when it is).
+
+    Archive confinement: every path in a manifest is relative to the archive
+    root, '/'-separated and normalised — a non-empty string without a
+    leading '/', a scheme (``gs://``, ``file:``, ``C:``), backslashes, NUL
+    characters, or empty, ``.`` or ``..`` segments — so that it names a file
+    inside the root for local roots and for gs:// and s3:// alike.
+    """
+    if not isinstance(path, str):
+        return f"must be a string, got {type(path).__name__}"
+    if not path:
+        return "is empty"
+    if path.startswith("/"):
+        return "is absolute (must be relative to the archive root)"
+    if _SCHEME.match(path):
+        return "has a scheme or drive (must be relative to the archive root)"
+    if "\\" in path:
+        return "contains a backslash (use '/')"
+    if "\x00" in path:
+        return "contains a NUL character"
+    segments = path.split("/")
+    if ".." in segments:
+        return "contains '..' (leaves the archive root)"
+    if "." in segments or "" in segments:
+        return "is not normalised ('.' or empty segments)"
+    return None
+
+
 def shard_path(
     split: str, kind: str, device: int, n_devices: int, index: int, n_shards: int
 ) -> str:

@@ -35,6 +35,7 @@ lists belong to the archive.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -43,14 +44,14 @@ from .errors import ArchiveError, MissingFileError
 from .layout import (
     INDEX_NAME,
     MANIFEST_NAME,
-    MODES,
     SPLITS,
     KindInfo,
     ShardSpec,
     device_seeds,
     kinds,
 )
-from .schema import SUPPORTED_DTYPES, RecordSpec
+from .manifest_schema import MINOR, check_version, field_errors
+from .schema import RecordSpec
 from .shard import FileMeta
 
 __all__ = [
@@ -176,19 +177,37 @@ class Manifest:
 
     @classmethod
     def from_json(cls, d: dict, path: str = MANIFEST_NAME) -> "Manifest":
+        """A manifest from its JSON object, its field types and values and
+        every file path (archive confinement) checked: ArchiveError naming
+        ``path`` and the entry otherwise.  A newer minor version's unknown
+        fields are ignored with a one-line warning; see manifest_schema."""
         if not isinstance(d, dict):
             raise ArchiveError("manifest is not a JSON object", path)
         if d.get("format") != FORMAT:
-            raise ArchiveError(f"format: expected {FORMAT!r}, got {d.get('format')!r}", path)
-        if d.get("version") != VERSION:
-            raise ArchiveError(f"version: expected {VERSION}, got {d.get('version')!r}", path)
+            raise ArchiveError(f"format: expected {FORMAT!r}, got {d.get('format')!r:.60}", path)
+        version, problem = check_version(d.get("version"))
+        if problem:
+            raise ArchiveError(problem, path)
         names = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
         missing = sorted(n for n in names if n not in d)
         if missing:
             raise ArchiveError(f"missing fields {missing}", path)
         unknown = sorted(set(d) - names)
-        if unknown:
-            raise ArchiveError(f"unknown fields {unknown}", path)
+        if unknown and version[1] > MINOR:
+            warnings.warn(
+                f"{path}: manifest version {d['version']} is newer than this reader's "
+                f"{VERSION}.{MINOR}; ignoring its unknown optional fields {unknown}",
+                stacklevel=2,
+            )
+        elif unknown:
+            raise ArchiveError(
+                f"unknown fields {unknown} (version {d['version']} has none; a newer "
+                f'minor version would say so, e.g. "version": "{VERSION}.{MINOR + 1}")',
+                path,
+            )
+        problems = field_errors(d)
+        if problems:
+            raise ArchiveError("; ".join(problems), path)
         return cls(**{k: d[k] for k in names})
 
 
@@ -279,33 +298,20 @@ def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
     def is_int(x):
         return isinstance(x, int) and not isinstance(x, bool)
 
-    if m.mode not in MODES:
-        e.append(f"mode: expected one of {MODES}, got {m.mode!r}")
-        return e
-    for name in ("n_params", "n_s", "n_d", "n_devices"):
-        if not is_int(getattr(m, name)):
-            e.append(f"{name}: expected an integer, got {getattr(m, name)!r}")
+    e = field_errors({k: v for k, v in vars(m).items() if not k.startswith("_")})
     if e:
         return e
-    if not isinstance(m.theta_fid, list) or len(m.theta_fid) != m.n_params:
+    if len(m.theta_fid) != m.n_params:
         e.append(f"theta_fid: expected {m.n_params} values, got {m.theta_fid!r}")
     if m.mode == "numerical" and (
         not isinstance(m.delta_theta, list) or len(m.delta_theta) != m.n_params
     ):
         e.append(f"delta_theta: numerical mode needs {m.n_params} values, got {m.delta_theta!r}")
-    elif m.delta_theta is not None and (
-        not isinstance(m.delta_theta, list) or len(m.delta_theta) != m.n_params
-    ):
+    elif m.delta_theta is not None and len(m.delta_theta) != m.n_params:
         e.append(f"delta_theta: expected {m.n_params} values or null, got {m.delta_theta!r}")
-    if not (isinstance(m.input_shape, list) and all(is_int(x) and x > 0 for x in m.input_shape)):
-        e.append(f"input_shape: expected a list of positive integers, got {m.input_shape!r}")
-    if m.dtype not in SUPPORTED_DTYPES:
-        e.append(f"dtype: expected one of {SUPPORTED_DTYPES}, got {m.dtype!r}")
-    if not set(m.splits) <= set(SPLITS) or not m.splits:
-        e.append(f"splits: expected a non-empty subset of {SPLITS}, got {m.splits!r}")
     if set(m.layout) != set(m.splits):
         e.append(f"layout: splits {sorted(m.layout)} differ from splits {sorted(m.splits)}")
-    if set(m.base_seeds) != set(m.splits) or not all(is_int(v) for v in m.base_seeds.values()):
+    if set(m.base_seeds) != set(m.splits):
         e.append(f"base_seeds: expected an integer for each of {m.splits}, got {m.base_seeds!r}")
     elif len(set(m.base_seeds.values())) != len(m.base_seeds):
         e.append(f"base_seeds: splits must use different seeds, got {m.base_seeds!r}")

@@ -84,7 +84,16 @@ def validate(
     """
     root = str(root)
     rep = ValidationReport(root)
+    try:
+        _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest)
+    except Exception as e:  # a bug, not a bad archive: still a report, never a crash
+        rep.errors.append(
+            Issue("error", f"internal error while validating: {type(e).__name__}: {e}")
+        )
+    return rep
 
+
+def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None:
     def err(msg, f=None, r=None):
         rep.errors.append(Issue("error", msg, f, r))
 
@@ -94,23 +103,23 @@ def validate(
     if manifest is None:
         if not fs.is_url(root) and not fs.exists(root):
             err("archive directory does not exist", root)
-            return rep
+            return
         mpath = fs.join(root, MANIFEST_NAME)
         if not fs.exists(mpath):
             err("no manifest.json (not an archive, or its writing never finished)", MANIFEST_NAME)
-            return rep
+            return
         try:
             m = parse_manifest(fs.read_bytes(mpath), MANIFEST_NAME)
         except (ArchiveError, TypeError) as e:
             err(getattr(e, "detail", str(e)), MANIFEST_NAME)
-            return rep
+            return
     else:
         m = manifest
     problems = consistency_errors(m)
     for p in problems:
         err(f"inconsistent manifest: {p}", MANIFEST_NAME)
     if problems:
-        return rep
+        return
 
     listed = {f["path"] for f in m.all_files()}
     present = set(fs.list_files(root))
@@ -167,7 +176,6 @@ def validate(
         "n_params": m.n_params,
         "n_devices": m.n_devices,
     }
-    return rep
 
 
 def _check_index(root, m, file_records, err, warn):

@@ -174,7 +174,7 @@ def test_adopt_rejects_broken_reference_archive(tmp_path, arrays, capsys):
         ]
     )
     assert code == 1
-    err = capsys.readouterr().out
+    err = capsys.readouterr().err  # errors on stderr (issue 11)
     assert "derivative_2.tfrecords" in err and "first_seed: expected 2, got 4" in err
     assert not os.path.exists(os.path.join(d, "manifest.json"))
 
