@@ -169,52 +169,73 @@ def _skip(buf, pos: int, wire: int) -> int:
     raise ValueError(f"unsupported wire type {wire}")
 
 
+def _within(pos: int, end: int, what: str) -> int:
+    if pos > end:
+        raise ValueError(f"{what} overruns its message")
+    return pos
+
+
 def _parse_feature(buf, start: int, end: int):
-    """Return ("bytes", [bytes]) | ("int64", [int]) | ("float", [float])."""
+    """Return ("bytes", [bytes]) | ("int64", [int]) | ("float", [float]).
+
+    Every length is checked against its enclosing message (a packed list
+    must end exactly where its length says, inside its list), so that a
+    record is accepted only when its bytes mean one thing: the streams'
+    fast decoder (:func:`_parse_flat`) checks the same lengths."""
     pos = start
     kind, values = None, []
     while pos < end:
         tag, pos = _read_varint(buf, pos)
         field, wire = tag >> 3, tag & 7
         if wire != 2:
-            pos = _skip(buf, pos, wire)
+            pos = _within(_skip(buf, pos, wire), end, "feature field")
             continue
         n, pos = _read_varint(buf, pos)
-        lst_end = pos + n
+        lst_end = _within(pos + n, end, "feature list")
         if field == 1:
             kind = "bytes"
             p = pos
             while p < lst_end:
                 t, p = _read_varint(buf, p)
+                if t != 0x0A:
+                    raise ValueError(f"unexpected field tag {t} in a bytes list")
                 m, p = _read_varint(buf, p)
-                values.append(bytes(buf[p : p + m]))
+                values.append(bytes(buf[p : _within(p + m, lst_end, "bytes value")]))
                 p += m
         elif field == 3:
             kind = "int64"
             p = pos
             while p < lst_end:
                 t, p = _read_varint(buf, p)
-                if t & 7 == 2:  # packed
+                if t == 0x0A:  # packed
                     m, p = _read_varint(buf, p)
-                    q = p + m
+                    q = _within(p + m, lst_end, "packed int64 list")
                     while p < q:
                         v, p = _read_varint(buf, p)
                         values.append(_signed64(v))
-                else:
+                    _within(p, q, "packed int64 value")
+                elif t == 0x08:
                     v, p = _read_varint(buf, p)
                     values.append(_signed64(v))
+                else:
+                    raise ValueError(f"unexpected field tag {t} in an int64 list")
+            _within(p, lst_end, "int64 list")
         elif field == 2:
             kind = "float"
             p = pos
             while p < lst_end:
                 t, p = _read_varint(buf, p)
-                if t & 7 == 2:
+                if t == 0x0A:
                     m, p = _read_varint(buf, p)
+                    _within(p + m, lst_end, "packed float list")
                     values.extend(struct.unpack_from(f"<{m // 4}f", buf, p))
                     p += m
-                else:
+                elif t == 0x0D:
                     values.append(struct.unpack_from("<f", buf, p)[0])
                     p += 4
+                else:
+                    raise ValueError(f"unexpected field tag {t} in a float list")
+            _within(p, lst_end, "float list")
         pos = lst_end
     return kind, values
 
@@ -234,18 +255,26 @@ def parse_features(raw: bytes) -> dict:
                 pos = _skip(buf, pos, tag & 7)
                 continue
             n, pos = _read_varint(buf, pos)
-            fend = pos + n
+            fend = _within(pos + n, end, "features")
             while pos < fend:
                 tag, pos = _read_varint(buf, pos)
+                if tag & 7 != 2:
+                    pos = _within(_skip(buf, pos, tag & 7), fend, "features field")
+                    continue
                 n, pos = _read_varint(buf, pos)
                 eend = pos + n
                 if tag != 0x0A:  # Features.feature map entry
-                    pos = eend
+                    pos = _within(eend, fend, "features field")
                     continue
                 key, value = None, ("none", [])
+                _within(eend, fend, "feature map entry")
                 while pos < eend:
                     t, pos = _read_varint(buf, pos)
+                    if t & 7 != 2:
+                        pos = _within(_skip(buf, pos, t & 7), eend, "map entry field")
+                        continue
                     m, pos = _read_varint(buf, pos)
+                    _within(pos + m, eend, "map entry field")
                     if t == 0x0A:
                         key = bytes(buf[pos : pos + m]).decode()
                     elif t == 0x12:
@@ -330,6 +359,8 @@ def _parse_flat(b: bytes, offsets: Optional[dict] = None) -> dict:
                 offsets[key] = (pos, entry_end)
         elif tag == 0x1A:  # int64_list, packed, one value
             m, pos = varint(pos + 1)
+            if pos + m != entry_end:  # the packed length must match what follows
+                raise ValueError("packed int64 length does not match its list")
             start = pos
             v, pos = varint(pos)
             if offsets is not None:

@@ -66,13 +66,15 @@ class _Template:
 
     def __init__(self, raw: bytes, fields):
         offsets = {}
-        _parse_flat(raw, offsets)
+        values = _parse_flat(raw, offsets)
         self.length = len(raw)
         self.slices = {}
         mask = np.ones(len(raw), bool)
         for name, _, typ, _ in fields:
             if name not in offsets:
                 raise ValueError(name)
+            if isinstance(values[name], int) != (typ == "int"):  # e.g. seed as bytes
+                raise ValueError(f"feature {name!r} is not of kind {typ}")
             start, end = offsets[name]
             self.slices[name] = (start, end)
             mask[start:end] = False
