@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "mean",
@@ -24,6 +25,7 @@ __all__ = [
     "loss",
     "fisher_statistics",
     "quasi_ml_estimate",
+    "estimate",
     "numerical_derivative",
 ]
 
@@ -146,3 +148,32 @@ def quasi_ml_estimate(x, θ_fid, invF, dμ_dθ, invC, μ):
     x: float(..., n_summaries) summaries of the data -> float(..., n_params)
     """
     return θ_fid + jnp.einsum("ij,kj,kl,...l->...i", invF, dμ_dθ, invC, x - μ)
+
+
+def estimate(apply, w, input_shape, θ_fid, statistics, d, chunk=4096):
+    """θ̂ for one input float(*input_shape) or a batch float(n, *input_shape), the
+    network applied ``chunk`` inputs at a time. statistics: invF, dμ_dθ, invC, μ."""
+    d = np.asarray(d)
+    k = len(input_shape)
+    if d.shape == tuple(input_shape):
+        x = apply(w, d)
+    elif d.ndim == k + 1 and d.shape[1:] == tuple(input_shape):
+        x = np.concatenate(
+            [np.asarray(apply(w, d[i : i + chunk])) for i in range(0, len(d), chunk)]
+            or [np.zeros((0, np.shape(statistics["μ"])[0]), np.float32)]
+        )
+    else:
+        raise ValueError(
+            f"`d` must have shape {tuple(input_shape)} (one input) or "
+            f"(n, {', '.join(map(str, input_shape))}) (a batch), got {d.shape}"
+        )
+    return np.asarray(
+        quasi_ml_estimate(
+            jnp.asarray(x),
+            θ_fid,
+            statistics["invF"],
+            statistics["dμ_dθ"],
+            statistics["invC"],
+            statistics["μ"],
+        )
+    )

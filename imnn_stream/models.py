@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["mlp", "cnn", "polynomial", "from_spec"]
+__all__ = ["mlp", "cnn", "polynomial", "from_spec", "UntrustedCodeError"]
 
 
 def _leaky_relu(x):
@@ -155,26 +155,48 @@ def polynomial(degree=2, n_summaries=2):
     return init, apply
 
 
-def from_spec(spec: str, n_summaries: int):
+BUILT_IN = ("mlp", "cnn", "polynomial")
+
+
+class UntrustedCodeError(ValueError):
+    """A ``module:function`` model spec without ``trust_code=True``."""
+
+
+def from_spec(spec: str, n_summaries: int, trust_code: bool = False):
     """Model from a command-line spec.
 
     ``mlp:128,128`` · ``cnn:8,16`` (conv channels; dense width 64) · ``polynomial:2`` ·
     ``package.module:function`` (a factory called as ``function(n_summaries)``
-    returning ``(init, apply)``).
+    returning ``(init, apply)``). The built-ins load anywhere; a
+    ``module:function`` spec imports (runs) code, so only with ``trust_code=True``
+    (command line: ``--trust-code``); otherwise UntrustedCodeError, before any import.
     """
+    if not isinstance(spec, str):
+        raise ValueError(f"model spec must be a string, got {type(spec).__name__}")
     name, _, args = spec.partition(":")
-    numbers = (
-        [int(a) for a in args.split(",") if a] if name in ("mlp", "cnn", "polynomial") else None
-    )
-    if name == "polynomial":
-        return polynomial(numbers[0] if numbers else 2, n_summaries)
-    if name == "mlp":
-        return mlp(numbers or (128, 128), n_summaries)
-    if name == "cnn":
+    if name in BUILT_IN:
+        try:
+            numbers = [int(a) for a in args.split(",") if a.strip()]
+        except ValueError:
+            raise ValueError(
+                f"model spec {spec!r}: expected {name}:N1,N2,… (comma-separated integers)"
+            ) from None
+        if any(n <= 0 for n in numbers):
+            raise ValueError(f"model spec {spec!r}: sizes must be positive")
+        if name == "polynomial":
+            return polynomial(numbers[0] if numbers else 2, n_summaries)
+        if name == "mlp":
+            return mlp(numbers or (128, 128), n_summaries)
         return cnn(numbers or (8, 16), n_summaries=n_summaries)
-    if not args:
+    if not args or not name:
         raise ValueError(
-            f"model spec {spec!r}: expected 'mlp:W1,W2', 'cnn:C1,C2' or 'module:function'"
+            f"unknown model spec {spec!r}: expected mlp:W1,W2,…, cnn:C1,C2,…, polynomial:D "
+            "or package.module:function"
+        )
+    if not trust_code:
+        raise UntrustedCodeError(
+            f"model spec {spec!r} imports and runs Python code from {name!r}; "
+            "pass trust_code=True (command line: --trust-code) if you trust it"
         )
     try:
         factory = getattr(importlib.import_module(name), args)

@@ -17,44 +17,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import checks, fisher
-from .checkpoint import Checkpoint, portable, restore_portable, write_atomic
+from .checkpoint import Checkpoint, portable, restore_portable, write_file
+from .fisher import estimate
 from .loop_state import COLUMNS as _COLUMNS
 from .loop_state import LoopState, Monitor, bookkeeping
 from .optimisers import as_optimiser
 from .stats import HISTORY_KEYS
 
-__all__ = ["Trainer", "NonFiniteError"]
+__all__ = ["Trainer", "NonFiniteError", "estimate"]
 
 _CHUNK = 500  # iterations per compiled chunk when no progress bar is asked for
-
-
-def estimate(apply, w, input_shape, θ_fid, statistics, d, chunk=4096):
-    """θ̂ for one input float(*input_shape) or a batch float(n, *input_shape), the
-    network applied ``chunk`` inputs at a time. statistics: invF, dμ_dθ, invC, μ."""
-    d = np.asarray(d)
-    k = len(input_shape)
-    if d.shape == tuple(input_shape):
-        x = apply(w, d)
-    elif d.ndim == k + 1 and d.shape[1:] == tuple(input_shape):
-        x = np.concatenate(
-            [np.asarray(apply(w, d[i : i + chunk])) for i in range(0, len(d), chunk)]
-            or [np.zeros((0, np.shape(statistics["μ"])[0]), np.float32)]
-        )
-    else:
-        raise ValueError(
-            f"`d` must have shape {tuple(input_shape)} (one input) or "
-            f"(n, {', '.join(map(str, input_shape))}) (a batch), got {d.shape}"
-        )
-    return np.asarray(
-        fisher.quasi_ml_estimate(
-            jnp.asarray(x),
-            θ_fid,
-            statistics["invF"],
-            statistics["dμ_dθ"],
-            statistics["invC"],
-            statistics["μ"],
-        )
-    )
 
 
 class NonFiniteError(FloatingPointError):
@@ -153,6 +125,7 @@ class Trainer:
         checkpoint_dir=None,
         checkpoint_every=None,
         resume=False,
+        allow_pickle=False,
     ):
         """Fit the network by maximising log det F with the covariance regulariser.
 
@@ -169,7 +142,10 @@ class Trainer:
         ``checkpoint_dir`` / ``checkpoint_every``: save weights, optimiser state,
         history, best weights and the random key every so many iterations; with
         ``resume=True`` a killed fit continues from the last checkpoint and ends
-        with the same weights as an uninterrupted run.
+        with the same weights as an uninterrupted run. A checkpoint records the
+        fit's arguments and :attr:`identity`; resuming with any difference is a
+        ValueError listing them, and a checkpoint of a fit that had stopped
+        iterates no more. ``allow_pickle``: also resume from a 0.1.0 pickle.
         """
         α = fisher.alpha(λ, ϵ)
         λ = float(λ)
@@ -203,8 +179,9 @@ class Trainer:
             min_iterations=min_iterations,
             max_iterations=max_iterations,
             rng=np.asarray(jax.random.key_data(rng) if rng.dtype != np.uint32 else rng).tolist(),
+            **self.identity,
         )
-        ckpt = None if checkpoint_dir is None else Checkpoint(checkpoint_dir, run)
+        ckpt = None if checkpoint_dir is None else Checkpoint(checkpoint_dir, run, allow_pickle)
         key, self._stats_key = jax.random.split(rng)
         w = self._opt.params(self.state)
         mon = (Monitor.new(w) if self._monitor is None else self._monitor).restart()
@@ -222,9 +199,12 @@ class Trainer:
             desc="fit",
             unit="it",
         )
+        finished = bool(loop.monitor.stop) or int(loop.monitor.bad) >= 0
         try:
             loop_args = (loop, max_iterations, print_rate, bar, args, ckpt, checkpoint_every)
-            if not self._strategy.compiled:
+            if finished or loop.done >= max_iterations:  # resumed a fit that had stopped
+                pass
+            elif not self._strategy.compiled:
                 loop = self._fit_stepwise(*loop_args)
             elif self._compiled_loop():
                 loop = self._fit_compiled(*loop_args)
@@ -245,6 +225,10 @@ class Trainer:
         self.w = self.best_w if best else self.final_w
         self.set_F_statistics(self.w, key=self._stats_key)
         return self
+
+    #: what a checkpoint must match besides the fit's arguments (the command line
+    #: puts the archive's manifest digest, model and optimiser specs, devices here)
+    identity: dict = {}
 
     @property
     def _needs_rng(self):
@@ -426,8 +410,12 @@ class Trainer:
 
     def set_F_statistics(self, w=None, key=None, validate=True):
         """Set F, invF, C, invC, dμ_dθ, μ from the validation set when there is one
-        (else the training set) at weights ``w`` (default ``self.w``)."""
-        x, dx = self.get_summaries(w, key, validate=validate and self.validate)
+        (else the training set) at weights ``w`` (default ``self.w``), which become
+        the current weights ``self.w`` (as the reference's), so that
+        :meth:`get_estimate` uses the weights the statistics belong to."""
+        if w is not None:
+            self.w = w
+        x, dx = self.get_summaries(self.w, key, validate=validate and self.validate)
         F, C, invC, dμ_dθ, μ = jax.device_get(
             fisher.fisher_statistics(jnp.asarray(x), jnp.asarray(dx))
         )
@@ -484,10 +472,12 @@ class Trainer:
         )
 
     def save(self, path):
-        """Write weights, optimiser state, statistics and history to ``path``
-        (atomically: a temporary file, then renamed)."""
-        return write_atomic(path, portable(self))
+        """Write weights, optimiser state, statistics and history to ``path``, an
+        ``.npz`` of arrays plus JSON that runs no code when read (format:
+        :mod:`imnn_stream.checkpoint`), atomically and fsynced."""
+        return write_file(path, portable(self))
 
-    def load(self, path):
-        """Restore what :meth:`save` wrote into this (identically configured) IMNN."""
-        return restore_portable(self, path)
+    def load(self, path, allow_pickle=False):
+        """Restore what :meth:`save` wrote into this (identically configured) IMNN.
+        ``allow_pickle``: also read a 0.1.0 pickle (runs code; trusted files only)."""
+        return restore_portable(self, path, allow_pickle=allow_pickle)

@@ -4,6 +4,10 @@ fit, estimate, demo, infer (this package; the fit options are
 :class:`~imnn_stream.app.fitting.FitConfig`'s fields) · validate, adopt
 (``writers``) · generate (``beam_jobs``). jax is imported only after the device count is known, because
 XLA reads ``--xla_force_host_platform_device_count`` once, at start-up.
+
+Errors: a usage mistake (unknown option, bad value) exits 2, bad data (missing
+archive or run, wrongly shaped input, refused checkpoint, …) exits 1; either way
+one line on stderr, and a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ def cmd_estimate(args, extra):
     import numpy as np
     from .runs import FittedIMNN, load_inputs
 
-    fitted = FittedIMNN(args.run)
+    fitted = FittedIMNN(args.run, trust_code=args.trust_code, allow_pickle=args.trust_pickle)
+    if not os.path.exists(args.data) and not str(args.data).startswith(("gs://", "s3://")):
+        raise FileNotFoundError(f"{args.data}: no such file or archive")
     est = fitted.get_estimate(load_inputs(args.data))
     if args.out:
         np.save(args.out, est)
@@ -62,7 +68,6 @@ def cmd_infer(args, extra):
     from beam_jobs.simulate import SimulatorSpec, load_simulator
     from .fitting import fit_config_from_args
     from .inference import (
-        InferenceError,
         InferenceLoop,
         export_pairs,
         gaussian_posterior,
@@ -89,11 +94,7 @@ def cmd_infer(args, extra):
         beam_args=extra,
         progress=True,
     )
-    try:
-        rows = loop.run()
-    except InferenceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows = loop.run()
     θ_hat, F, run = loop.final()
     n_target = rows[-1]["n_target"]
     samples = gaussian_posterior(θ_hat, F, n_target=n_target, n_samples=args.posterior_samples)
@@ -104,7 +105,7 @@ def cmd_infer(args, extra):
         covariance=np.linalg.inv(F * n_target),
     )
     simulator = load_simulator(SimulatorSpec(args.simulator, config))
-    fitted = FittedIMNN(run)
+    fitted = FittedIMNN(run, trust_code=args.trust_code, allow_pickle=args.trust_pickle)
     if args.export:
         export_pairs(
             simulator,
@@ -148,7 +149,13 @@ def build_parser():
     from . import demo, inference
     from .fitting import add_fit_options
 
-    parser = argparse.ArgumentParser(prog="imnn-stream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="imnn-stream", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks (anywhere on the command line)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="fit a streaming IMNN on an archive")
@@ -161,6 +168,16 @@ def build_parser():
     p.add_argument("run")
     p.add_argument("data")
     p.add_argument("--out", default=None, help="also save the estimates as .npy")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow the run's package.module:function model spec (imports and runs it)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read a 0.1.0 run folder (imnn.pkl; unpickling can run code)",
+    )
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser(
@@ -212,15 +229,40 @@ def build_parser():
         pass
     else:
         register_beam(sub)
+    for p in sub.choices.values():  # also the writers' and beam_jobs' subcommands
+        p.allow_abbrev = False
     return parser
+
+
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imnn-stream")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (KeyError, TypeError, AttributeError, IndexError, RuntimeError)) and not (
+        type(e).__module__.startswith(("writers", "imnn_stream", "beam_jobs"))
+    ):
+        text = f"{type(e).__name__}: {text}"
+    return text
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     # the subcommands' modules import jax, so the device count is read first
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--devices", type=int, default=2)
-    devices = pre.parse_known_args(argv)[0].devices
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--devices", default="2")
+    try:
+        devices = int(pre.parse_known_args(argv)[0].devices)
+    except (ValueError, SystemExit):
+        devices = 2  # the real parser reports it
     _force_host_devices(max(devices, os.cpu_count() or 1, 2))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -231,6 +273,13 @@ def main(argv=None):
         code = args.func(args, extra) if takes_extra else args.func(args)
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
+    except Exception as e:  # every other failure: one line, no traceback
+        if debug:
+            raise
+        print(f"imnn-stream {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

@@ -28,6 +28,58 @@ def _opt(flag, help, default=None, **argparse_kw):
     return field(default=default, metadata=dict(flag=flag, help=help, **argparse_kw))
 
 
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _model_spec(text):
+    """Check a model spec's form (a ``module:function`` spec is imported later, and
+    only with --trust-code)."""
+    from ..models import BUILT_IN
+
+    name, colon, args = text.partition(":")
+    if name in BUILT_IN:
+        parts = [a.strip() for a in args.split(",") if a.strip()]
+        if all(p.isdigit() and int(p) > 0 for p in parts):
+            return text
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected {name}:N1,N2,… with positive integers"
+        )
+    if colon and name and args:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown model {text!r}: expected mlp:W1,W2,…, cnn:C1,C2,…, polynomial:D or "
+        "package.module:function (with --trust-code)"
+    )
+
+
+def _optimiser_spec(text):
+    from .. import optimisers
+
+    try:
+        optimisers.from_spec(text)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """How to fit a streaming IMNN on an archive (everything but the archive and
@@ -42,23 +94,55 @@ class FitConfig:
         "--model",
         "mlp:W1,W2,… | cnn:C1,C2,… | polynomial:D | package.module:factory",
         "mlp:128,128",
+        type=_model_spec,
     )
-    optimiser: str = _opt("--optimiser", "optax name:learning_rate", "adam:1e-3")
-    lam: float = _opt("--lambda", "λ, regulariser strength", 10.0)
-    eps: float = _opt("--epsilon", "ϵ, closeness of C to I", 0.1)
-    devices: int = _opt("--devices", "XLA devices to spread batches over", 2)
-    n_per_device: int = _opt("--n-per-device", "records per device per batch", 100)
-    n_summaries: int | None = _opt("--n-summaries", "summaries (default: n_params)")
-    max_iterations: int = _opt("--max-iterations", "iteration limit", 2000)
+    optimiser: str = _opt(
+        "--optimiser", "optax name:learning_rate", "adam:1e-3", type=_optimiser_spec
+    )
+    lam: float = _opt("--lambda", "λ, regulariser strength", 10.0, type=_number)
+    eps: float = _opt("--epsilon", "ϵ, closeness of C to I", 0.1, type=_number)
+    devices: int = _opt("--devices", "XLA devices to spread batches over", 2, type=_int_at_least(1))
+    n_per_device: int = _opt(
+        "--n-per-device", "records per device per batch", 100, type=_int_at_least(1)
+    )
+    n_summaries: int | None = _opt(
+        "--n-summaries", "summaries (default: n_params)", type=_int_at_least(1)
+    )
+    max_iterations: int = _opt("--max-iterations", "iteration limit", 2000, type=_int_at_least(1))
     patience: int = _opt(
-        "--patience", "stop after this many iterations without a better validation det F", 100
+        "--patience",
+        "stop after this many iterations without a better validation det F",
+        100,
+        type=_int_at_least(0),
     )
-    min_iterations: int = _opt("--min-iterations", "iterations before early stopping may stop", 100)
+    min_iterations: int = _opt(
+        "--min-iterations", "iterations before early stopping may stop", 100, type=_int_at_least(0)
+    )
     seed: int = _opt("--seed", "network initialisation seed", 0)
     checkpoint_every: int | None = _opt(
-        "--checkpoint-every", "checkpoint every so many iterations (default: only at the end)"
+        "--checkpoint-every",
+        "checkpoint every so many iterations (default: only at the end)",
+        type=_int_at_least(1),
     )
-    resume: bool = _opt("--resume", "continue from the checkpoint", False, action="store_true")
+    resume: bool = _opt(
+        "--resume",
+        "continue from the checkpoint (refused when archive, model, optimiser or fit "
+        "settings differ from the checkpoint's)",
+        False,
+        action="store_true",
+    )
+    trust_code: bool = _opt(
+        "--trust-code",
+        "allow a package.module:function model spec (imports and runs that code)",
+        False,
+        action="store_true",
+    )
+    trust_pickle: bool = _opt(
+        "--trust-pickle",
+        "read 0.1.0 pickle checkpoints and run folders (unpickling can run code)",
+        False,
+        action="store_true",
+    )
     expected_detF: float | None = field(default=None, metadata=dict(flag=None))
     """det F drawn on the history plot (the demo's exact 50); not a command-line option."""
 
@@ -83,7 +167,7 @@ def add_fit_options(parser, **defaults):
         kw = {k: v for k, v in f.metadata.items() if k not in ("flag", "help")}
         help = f.metadata["help"]
         if "action" not in kw:
-            kw["type"] = _TYPES[f.type]
+            kw.setdefault("type", _TYPES[f.type])
             if default is not None:
                 help += " (default %(default)s)"
         parser.add_argument(flag, dest=f.name, default=default, help=help, **kw)
@@ -101,8 +185,32 @@ def _devices(n):
 
     devices = jax.devices("cpu")[:n] if jax.default_backend() == "cpu" else jax.devices()[:n]
     if len(devices) < n:
-        raise SystemExit(f"--devices {n}: only {len(devices)} devices available")
+        raise ValueError(f"--devices {n}: only {len(devices)} devices available")
     return devices
+
+
+def manifest_digest(archive) -> str:
+    """sha256 of the archive's manifest.json bytes (what a checkpoint is tied to)."""
+    import hashlib
+
+    from writers import fs
+    from writers.layout import MANIFEST_NAME
+
+    return hashlib.sha256(fs.read_bytes(fs.join(str(archive), MANIFEST_NAME))).hexdigest()
+
+
+def fit_identity(archive, config: FitConfig) -> dict:
+    """What a checkpoint of this fit records besides λ, ϵ, patience and the
+    iteration limits (which :meth:`Trainer.fit` adds)."""
+    c = config
+    return dict(
+        archive_manifest_sha256=manifest_digest(archive),
+        model=c.model,
+        optimiser=c.optimiser,
+        n_summaries=c.n_summaries,
+        devices=c.devices,
+        n_per_device=c.n_per_device,
+    )
 
 
 def fit_archive(
@@ -122,8 +230,16 @@ def fit_archive(
     key: the network's initialisation key (default ``PRNGKey(config.seed)``);
     weights: start from these network weights instead (warm start); rng: the fit's
     key (default ``PRNGKey(config.seed + 1)``); checkpoint_dir: default
-    ``out/checkpoint``; progress: show a progress bar.
+    ``out/checkpoint``; progress: show a progress bar. ``out`` is locked
+    (``out.lock``) while the fit runs, and written as a whole at the end.
     """
+    from .runs import run_lock
+
+    with run_lock(out):
+        return _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress)
+
+
+def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress):
     import jax
     from writers.manifest import read_manifest
 
@@ -134,7 +250,7 @@ def fit_archive(
     m = read_manifest(archive)
     cls = {"numerical": DatasetNumericalGradientIMNN, "gradient": DatasetGradientIMNN}.get(m.mode)
     if cls is None:
-        raise SystemExit(
+        raise ValueError(
             f"{archive}: a {m.mode!r} archive cannot train an IMNN (needs numerical or gradient)"
         )
     c = config
@@ -144,7 +260,7 @@ def fit_archive(
     key = jax.random.PRNGKey(c.seed) if key is None else key
     imnn = cls.from_archive(
         archive,
-        model=models.from_spec(c.model, n_summaries),
+        model=models.from_spec(c.model, n_summaries, trust_code=c.trust_code),
         optimiser=opt,
         key_or_state=key if weights is None else opt.init(weights),
         host=jax.devices("cpu")[0],
@@ -152,6 +268,7 @@ def fit_archive(
         n_per_device=c.n_per_device,
         n_summaries=n_summaries,
     )
+    imnn.identity = fit_identity(archive, c)
     try:
         imnn.fit(
             c.lam,
@@ -164,6 +281,7 @@ def fit_archive(
             checkpoint_dir=checkpoint_dir or os.path.join(out, "checkpoint"),
             checkpoint_every=c.checkpoint_every,
             resume=c.resume,
+            allow_pickle=c.trust_pickle,
         )
     finally:
         imnn.close()

@@ -174,8 +174,7 @@ class InferenceLoop:
             seconds=time.perf_counter() - t0,
             seeds=seeds,
         )
-        with open(os.path.join(d, "round.json"), "w") as f:
-            json.dump(row, f, indent=2, ensure_ascii=False)
+        _write_json(os.path.join(d, "round.json"), row)
         return row, imnn.w
 
     # -- the loop ------------------------------------------------------------------------
@@ -191,8 +190,15 @@ class InferenceLoop:
 
     def run(self, log=print):
         """Run or resume the loop; returns the table of rounds. Raises InferenceError
-        (after saving the table) if θ̂ leaves the prior box."""
-        import pickle
+        (after saving the table) if θ̂ leaves the prior box. ``OUT.lock`` keeps a
+        second ``infer`` out of the folder meanwhile."""
+        from .runs import run_lock
+
+        with run_lock(self.out, what="inference folder"):
+            return self._run(log)
+
+    def _run(self, log):
+        from .runs import FittedIMNN
 
         os.makedirs(self.out, exist_ok=True)
         rows = self.rounds()
@@ -215,10 +221,11 @@ class InferenceLoop:
                 log(f"stopped after max_rounds = {self.max_rounds}; θ̂ = {rows[-1]['θ_hat']}")
                 break
             if rows and previous is None and self.warm_start:  # resumed: last round's weights
-                with open(
-                    os.path.join(self._round_dir(len(rows) - 1), "run", "imnn.pkl"), "rb"
-                ) as f:
-                    previous = pickle.load(f)["w"]
+                previous = FittedIMNN(
+                    os.path.join(self._round_dir(len(rows) - 1), "run"),
+                    trust_code=self.fit.trust_code,
+                    allow_pickle=self.fit.trust_pickle,
+                ).w
             θ_fid = rows[-1]["θ_hat"] if rows else self.theta_start
             log(f"round {len(rows)}: fitting at θ_fid = {np.round(θ_fid, 4).tolist()}")
             row, previous = self._round(len(rows), θ_fid, previous)
@@ -240,8 +247,11 @@ class InferenceLoop:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with open(os.path.join(self.out, "rounds.json"), "w") as f:
-            json.dump(rows, f, indent=2, ensure_ascii=False)
+        import io
+
+        from writers.durable import write_atomic
+
+        _write_json(os.path.join(self.out, "rounds.json"), rows)
         n = len(rows[0]["θ_fid"]) if rows else 0
         table = {
             "round": [r["round"] for r in rows],
@@ -251,7 +261,9 @@ class InferenceLoop:
             "val_detF": [r["val_detF"] for r in rows],
             "seconds": [r["seconds"] for r in rows],
         }
-        pq.write_table(pa.table(table), os.path.join(self.out, "rounds.parquet"))
+        buf = io.BytesIO()
+        pq.write_table(pa.table(table), buf)
+        write_atomic(os.path.join(self.out, "rounds.parquet"), buf.getvalue())
         if rows:
             plot_path(rows, os.path.join(self.out, "path.png"))
 
@@ -266,6 +278,13 @@ class InferenceLoop:
             np.asarray(last["F"]),
             os.path.join(self._round_dir(last["round"]), "run"),
         )
+
+
+def _write_json(path, value):
+    """Write JSON atomically and durably (fsync of the file and its folder)."""
+    from writers.durable import write_atomic
+
+    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def _inside(θ, lo, hi):
@@ -308,8 +327,14 @@ def plot_path(rows, filename):
     ax.set_xlabel("θ₀")
     ax.set_ylabel("θ₁")
     ax.legend(frameon=False)
-    fig.savefig(filename, bbox_inches="tight")
+    import io
+
+    from writers.durable import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
+    write_atomic(filename, buf.getvalue())
 
 
 # -- after the loop: using the summaries --------------------------------------------------

@@ -2,29 +2,110 @@
 training data.
 
 RUN/config.json   how to rebuild the network: model spec, n_summaries, θ_fid, input shape
-RUN/imnn.pkl      Trainer.save: weights, optimiser state, statistics, history
+RUN/imnn.npz      Trainer.save: weights, optimiser state, statistics, history (arrays +
+                  JSON, no pickle: see :mod:`imnn_stream.checkpoint`)
 RUN/history.png   the training history plot
 RUN/summary.json  det F (training, best validation), iterations, seconds
+RUN/checkpoint/   the fit's checkpoint (kept across commits)
+
+A run folder is committed as a whole: the files are written into a sibling
+``RUN.tmp-<pid>``, fsynced with their folder, and swapped in (old folder renamed
+to ``RUN.old-<pid>``, new one renamed into place, old one removed). A failure
+removes the temporaries and leaves the previous run loadable. ``RUN.lock``
+(:func:`run_lock`) keeps a second writer out while a fit or ``infer`` runs.
+
+Reading trusts nothing: a built-in model spec is rebuilt; a ``module:function``
+spec is imported only with ``trust_code=True``; a 0.1.0 ``imnn.pkl`` is read only
+with ``allow_pickle=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import pickle
+import shutil
 
 import jax
 import numpy as np
 
 from .. import models
-from ..trainer import estimate
+from ..checkpoint import load_weights
+from ..fisher import estimate
 
-__all__ = ["save_run", "FittedIMNN", "load_inputs"]
+__all__ = ["save_run", "FittedIMNN", "load_inputs", "run_lock", "commit_folder", "WEIGHTS"]
+
+WEIGHTS = "imnn.npz"
+LEGACY_WEIGHTS = "imnn.pkl"
+
+
+def run_lock(out, what="run folder"):
+    """The lock file ``OUT.lock`` guarding ``out`` (a context manager; see
+    :class:`writers.durable.Lock`)."""
+    from writers.durable import Lock
+
+    out = os.path.normpath(os.fspath(out))
+    return Lock(out + ".lock", what=f"{what} {out}")
+
+
+def _write_file(path, data: bytes):
+    """Write and fsync one file of a folder being built (the folder is renamed later)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_folder(tmp, out):
+    """Swap the finished folder ``tmp`` in as ``out``. Entries of an existing ``out``
+    that ``tmp`` lacks (the checkpoint folder) move over. On failure everything is
+    put back and ``tmp`` removed."""
+    from writers.durable import fsync_dir
+
+    parent = os.path.dirname(os.path.abspath(out))
+    for name in os.listdir(tmp):
+        if os.path.isfile(os.path.join(tmp, name)):
+            _fsync_path(os.path.join(tmp, name))
+    fsync_dir(tmp)
+    backup = f"{out}.old-{os.getpid()}"
+    carried, moved_out = [], False
+    try:
+        if os.path.exists(out):
+            for name in os.listdir(out):
+                if not os.path.exists(os.path.join(tmp, name)):
+                    os.rename(os.path.join(out, name), os.path.join(tmp, name))
+                    carried.append(name)
+            os.rename(out, backup)
+            moved_out = True
+        os.rename(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if moved_out and not os.path.exists(out):
+                os.rename(backup, out)
+            for name in carried:
+                os.rename(os.path.join(tmp, name), os.path.join(out, name))
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(parent)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_detF=None):
-    """Write a run folder for a fitted ``imnn`` built with ``model_spec``."""
-    os.makedirs(out, exist_ok=True)
+    """Write a run folder for a fitted ``imnn`` built with ``model_spec``, as a whole
+    (see the module docstring). Returns the summary dict."""
+    from ..checkpoint import portable
+
+    out = os.path.normpath(os.fspath(out))
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     config = dict(
         model=model_spec,
         n_summaries=imnn.n_summaries,
@@ -33,10 +114,6 @@ def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_det
         input_shape=list(imnn.input_shape),
         **(extra or {}),
     )
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-    imnn.save(os.path.join(out, "imnn.pkl"))
-    imnn.plot(expected_detF=expected_detF, filename=os.path.join(out, "history.png"))
     h = imnn.history
     summary = dict(
         iterations=int(len(h["detF"])),
@@ -44,27 +121,55 @@ def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_det
         final_training_detF=float(h["detF"][-1]) if len(h["detF"]) else None,
         best_detF=float(h["max_detF"][-1]) if len(h["max_detF"]) else None,
     )
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    try:
+        os.makedirs(tmp)
+        _write_file(
+            os.path.join(tmp, "config.json"),
+            json.dumps(config, indent=2, ensure_ascii=False).encode("utf-8"),
+        )
+        _write_file(os.path.join(tmp, WEIGHTS), portable(imnn))
+        imnn.plot(expected_detF=expected_detF, filename=os.path.join(tmp, "history.png"))
+        _write_file(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=2).encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    commit_folder(tmp, out)
     return summary
 
 
 class FittedIMNN:
-    """Estimates from a run folder: ``FittedIMNN(RUN).get_estimate(d)``."""
+    """Estimates from a run folder: ``FittedIMNN(RUN).get_estimate(d)``.
 
-    def __init__(self, run):
-        with open(os.path.join(run, "config.json")) as f:
-            self.config = json.load(f)
-        with open(os.path.join(run, "imnn.pkl"), "rb") as f:
-            saved = pickle.load(f)
-        self.w = saved["w"]
-        self.statistics = saved["statistics"]
+    trust_code: allow a ``module:function`` model spec (imports it);
+    allow_pickle: read a 0.1.0 ``imnn.pkl`` (unpickling runs code).
+    """
+
+    def __init__(self, run, trust_code=False, allow_pickle=False):
+        run = os.fspath(run)
+        path = os.path.join(run, "config.json")
+        if not os.path.isdir(run):
+            raise FileNotFoundError(f"{run}: no such run folder")
+        try:
+            with open(path, encoding="utf-8") as f:
+                self.config = json.load(f)
+            spec, n_summaries = self.config["model"], int(self.config["n_summaries"])
+            self.θ_fid = np.asarray(self.config["θ_fid"], np.float32)
+            self.input_shape = tuple(int(n) for n in self.config["input_shape"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run}: not a run folder (no config.json)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a run configuration ({type(e).__name__}: {e})") from None
+        init, self.model = models.from_spec(spec, n_summaries, trust_code=trust_code)
+        weights = os.path.join(run, WEIGHTS)
+        if not os.path.exists(weights) and os.path.exists(os.path.join(run, LEGACY_WEIGHTS)):
+            weights = os.path.join(run, LEGACY_WEIGHTS)
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"{run}: no {WEIGHTS} (was the fit finished?)")
+        _, template = init(jax.random.PRNGKey(0), self.input_shape)
+        self.w, self.statistics, _ = load_weights(weights, template, allow_pickle=allow_pickle)
         if self.statistics.get("F") is None:
             raise ValueError(f"{run}: the saved IMNN has no Fisher statistics (was it fitted?)")
-        self.θ_fid = np.asarray(self.config["θ_fid"], np.float32)
-        self.input_shape = tuple(self.config["input_shape"])
         self.F = np.asarray(self.statistics["F"])
-        _, self.model = models.from_spec(self.config["model"], self.config["n_summaries"])
         self._apply = jax.jit(self.model)
 
     def get_estimate(self, d):
@@ -75,7 +180,7 @@ class FittedIMNN:
 def load_inputs(path):
     """Target data: a ``.npy`` file, or the train split of an archive (read in seed order)."""
     if str(path).endswith(".npy"):
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
     from writers.manifest import read_manifest
     from writers.streams import close_all, device_streams, epoch_records
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -74,9 +73,17 @@ def fit_args(archive, out, iterations):
     ]
 
 
+def saved(path):
+    """(meta, leaves) of a save file or checkpoint (arrays + JSON, no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        return meta, {k: z[k] for k in z.files if k != "meta"}
+
+
 def final_w(run):
-    with open(os.path.join(run, "imnn.pkl"), "rb") as f:
-        return pickle.load(f)["final_w"]
+    meta, leaves = saved(os.path.join(run, "imnn.npz"))
+    first, n = meta["trees"]["final_w"]
+    return [leaves[f"leaf_{i:05d}"] for i in range(first, first + n)]
 
 
 def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
@@ -86,7 +93,7 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
     subprocess.run(fit_args(path, whole, iterations), check=True, capture_output=True, timeout=600)
 
     cut = str(tmp_path / "cut")
-    ckpt = os.path.join(cut, "checkpoint", "checkpoint.pkl")
+    ckpt = os.path.join(cut, "checkpoint", "checkpoint.npz")
     proc = subprocess.Popen(
         fit_args(path, cut, iterations), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -96,11 +103,18 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the fit finished before it could be killed"
-    with open(ckpt, "rb") as f:
-        done = pickle.load(f)["done"]
+    done = saved(ckpt)[0]["done"]
     assert 0 < done < iterations
-    assert not os.path.exists(os.path.join(cut, "imnn.pkl"))
+    assert not os.path.exists(os.path.join(cut, "imnn.npz"))
 
+    # the killed fit left its lock: reported (exit 1, one line) with the command that clears it
+    r = subprocess.run(
+        fit_args(path, cut, iterations) + ["--resume"], capture_output=True, text=True, timeout=600
+    )
+    lock = cut + ".lock"
+    assert r.returncode == 1 and "stale lock" in r.stderr and f"rm {lock}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    os.remove(lock)
     subprocess.run(
         fit_args(path, cut, iterations) + ["--resume"], check=True, capture_output=True, timeout=600
     )
