@@ -201,6 +201,7 @@ class WriteManifest(beam.DoFn):
 
     def process(self, metas):
         from writers.manifest import write_manifest
+        from writers.tfds_meta import write_tfds_metadata
 
         manifest = self.job.new_manifest()
         planned = {s.path for s in self.job.plan()}
@@ -209,6 +210,9 @@ class WriteManifest(beam.DoFn):
             raise ArchiveError(f"{len(planned - got)} planned shards were not written")
         for spec, meta in sorted(metas, key=lambda m: m[0]["path"]):
             manifest.add_file(ShardSpec.from_json(spec), FileMeta.from_json(meta))
+        # TFDS metadata (tfds.builder_from_directory(ARCHIVE/<split>/<kind>)), then
+        # the index and the manifest: the commit marker
+        write_tfds_metadata(self.root, manifest)
         path = write_manifest(self.root, manifest)
         # The committed manifest now records the job's parameters; job.json
         # (the marker of an unfinished job) goes, so the archive holds only

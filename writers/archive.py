@@ -12,6 +12,7 @@ from .layout import kind_features, plan_shards, record_keys
 from .manifest import MANIFEST_NAME, Manifest, new_manifest, write_manifest
 from .schema import encode_example
 from .shard import write_shard
+from .tfds_meta import write_tfds_metadata
 
 
 def _float_array(x, name: str, dtype) -> np.ndarray:
@@ -144,6 +145,7 @@ def write_arrays(
         f, der, grad = arrays[spec.split]
         meta = write_shard(root, spec, _records(mode, spec, f, der, grad, n_params))
         manifest.add_file(spec, meta)
+    write_tfds_metadata(root, manifest)  # tfds.builder_from_directory(root/split/kind)
     write_manifest(root, manifest)
     return manifest
 

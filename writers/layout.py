@@ -27,7 +27,7 @@ SPLITS = ("train", "validation")
 MANIFEST_NAME = "manifest.json"
 #: the per-record Parquet index beside the manifest
 INDEX_NAME = "index.parquet"
-#: tensorflow-datasets metadata files in each split directory
+#: tensorflow-datasets metadata files in each kind directory (``tfds_files``)
 TFDS_FILES = ("dataset_info.json", "features.json")
 #: file names the reference ``imnn`` writer leaves (adopted by ``writers.legacy``):
 #: ``[validation_](fiducial|derivative)_<counter>.tfrecords``
@@ -74,6 +74,12 @@ def shard_path(
         f"{split}/{kind}/device-{device:05d}-of-{n_devices:05d}/"
         f"shard-{index:05d}-of-{n_shards:05d}.tfrecords"
     )
+
+
+def tfds_files(split: str, kind: str) -> list[str]:
+    """The TFDS metadata of a kind, relative to the root (``writers.tfds_meta``):
+    ``tfds.builder_from_directory(ARCHIVE/<split>/<kind>)`` reads them."""
+    return [f"{split}/{kind}/{name}" for name in TFDS_FILES]
 
 
 # ------------------------------------------------------------------ kinds and records

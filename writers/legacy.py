@@ -26,6 +26,7 @@ from .layout import LEGACY_FILE, MODES, records_per_seed
 from .manifest import MANIFEST_NAME, Manifest, write_manifest
 from .schema import record_seed
 from .framing import FRAMING_BYTES, iter_records
+from .tfds_meta import write_tfds_metadata
 
 
 def _scan(path: str, rel: str) -> dict:
@@ -193,5 +194,6 @@ def adopt(
     )
     report = validate(root, manifest=m)
     if report.ok:
+        write_tfds_metadata(root, m)  # tfds.builder_from_directory(root/split/kind)
         write_manifest(root, m)
     return m, report

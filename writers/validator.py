@@ -19,7 +19,7 @@ from typing import Optional
 from . import fs
 from .check import check_shard
 from .errors import ArchiveError, format_location
-from .layout import MANIFEST_NAME, TFDS_FILES
+from .layout import MANIFEST_NAME, TFDS_FILES, tfds_files
 from .manifest import Manifest, consistency_errors, kind_record_spec, parse_manifest
 
 
@@ -124,8 +124,10 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None
     listed = {f["path"] for f in m.all_files()}
     present = set(fs.list_files(root))
     allowed = {MANIFEST_NAME} | ({m.index} if m.index else set())
-    # tensorflow-datasets metadata (writers.tfds_meta) beside each split
+    # tensorflow-datasets metadata (writers.tfds_meta) in each kind directory
+    # (and beside each split, where archives before 0.2 had it)
     allowed |= {f"{s}/{name}" for s in m.layout for name in TFDS_FILES}
+    allowed |= {p for s in m.layout for k in m.layout[s] for p in tfds_files(s, k)}
     for extra in sorted(present - listed - allowed):
         if fs.TEMP_MARKER in extra:
             err("unlisted file (temporary file left by an interrupted write)", extra)

@@ -319,32 +319,6 @@ def test_validate_cli_exit_status_and_json(numerical_archive):
     assert d["ok"] is False and d["errors"][0]["file"] == m.files("train", "fiducial")[0]["path"]
 
 
-def test_tfds_builder_from_directory(tmp_path, arrays):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    from writers.tfds_meta import write_tfds_metadata
-    from writers.errors import LayoutError
-
-    fid, der, _ = arrays
-    root = str(tmp_path / "t")
-    m = write_arrays(
-        root, "numerical", [1.0, 2.0], [0.1, 0.2], fiducial=fid, derivative=der, records_per_shard=6
-    )
-    write_tfds_metadata(root, m)
-    assert writers.validate(root).ok
-    b = tfds.builder_from_directory(os.path.join(root, "train"))
-    got = np.stack(
-        [e["data"] for e in tfds.as_numpy(b.as_dataset(split="derivative", shuffle_files=False))]
-    )
-    np.testing.assert_array_equal(got, der.reshape((-1,) + SHAPE))
-    seeds = [
-        int(e["seed"]) for e in tfds.as_numpy(b.as_dataset(split="fiducial", shuffle_files=False))
-    ]
-    assert seeds == list(range(N_S))
-    m2 = write_arrays(str(tmp_path / "t2"), "fiducial", [1.0], fiducial=fid, n_devices=2)
-    with pytest.raises(LayoutError, match="1 device"):
-        write_tfds_metadata(str(tmp_path / "t2"), m2)
-
-
 def test_reading_the_index_never_aborts_the_interpreter_at_exit(numerical_archive):
     # pyarrow 25 aborted ("terminate called without an active exception") in about half
     # of the processes that read an in-memory Parquet buffer with threads
