@@ -22,7 +22,8 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from writers import fs
+from writers import durable, fs
+from writers.layout import GENERATE_LOCK
 from writers.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, read_manifest
 
 from .job import JOB_NAME, Job, JobError, load_job, make_job, store_or_check_job
@@ -170,8 +171,23 @@ def run_generation(
     )
     job = dataclasses.replace(job, input_shape=batcher.input_shape)
     plan = job.plan()
-    # 3. what is there already
+    # 3. what is there already, under the archive's lock for the rest of the run
     fs.configure(beam_args)
+    # local archives only: an object store has no exclusive create (durable.Lock)
+    lock = durable.Lock(
+        fs.join(out, GENERATE_LOCK), what=f"archive {out}", clear_stale=True, warn=log
+    )
+    try:
+        lock.acquire()
+    except durable.LockedError as err:
+        raise JobError(str(err)) from None
+    try:
+        return _generate_locked(out, job, plan, batcher, beam_args, progress, log)
+    finally:
+        lock.release()
+
+
+def _generate_locked(out, job, plan, batcher, beam_args, progress, log) -> GenerationResult:
     if fs.exists(fs.join(out, MANIFEST_NAME)):
         result = _settle_committed(out, job, plan, log)
         if result is not None:
@@ -270,7 +286,7 @@ def _settle_committed(out, job, plan, log) -> Optional[GenerationResult]:
 
 
 def _write_job(out, job):
-    fs.write_bytes(fs.join(out, JOB_NAME), json.dumps(job.to_json(), indent=1).encode())
+    durable.write_atomic(fs.join(out, JOB_NAME), json.dumps(job.to_json(), indent=1).encode())
 
 
 def _remove_temporaries(out, log):

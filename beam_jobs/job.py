@@ -16,8 +16,8 @@ import dataclasses
 import json
 from typing import Optional
 
-from writers import fs
-from writers.layout import MODES, SPLITS, ShardSpec, kinds, plan_shards
+from writers import durable, fs
+from writers.layout import GENERATE_LOCK, MODES, SPLITS, ShardSpec, kinds, plan_shards
 from writers.manifest import Manifest, jax_versions, new_manifest
 
 __all__ = ["Job", "JobError", "JOB_NAME", "load_job", "store_or_check_job"]
@@ -272,11 +272,11 @@ def store_or_check_job(root: str, job: Job) -> bool:
                 "to mix data (use another --out, or delete it first):\n  " + "\n  ".join(diff)
             )
         return True
-    existing = fs.list_files(root)
+    existing = [p for p in fs.list_files(root) if p != GENERATE_LOCK]
     if existing:
         raise JobError(
             f"{root} is not empty and has no {JOB_NAME} (it was not written by "
             f"this tool, e.g. {existing[0]}); refusing to mix data"
         )
-    fs.write_bytes(fs.join(root, JOB_NAME), json.dumps(job.to_json(), indent=1).encode())
+    durable.write_atomic(fs.join(root, JOB_NAME), json.dumps(job.to_json(), indent=1).encode())
     return False

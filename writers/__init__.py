@@ -4,7 +4,8 @@ Modules: ``layout`` (the archive contract: file names, record order, records
 per seed, seed → device → file arithmetic), ``schema`` (record encoding),
 ``framing`` (TFRecord framing and CRCs), ``fs`` (local paths and URLs),
 ``shard`` (atomic shard writer), ``check`` (the one shard-file check),
-``manifest`` (manifest.json), ``index`` (Parquet index), ``validator``
+``manifest`` (manifest.json; field and version checks in ``manifest_schema``),
+``durable`` (fsynced atomic writes, lock files), ``index`` (Parquet index), ``validator``
 (archive checks), ``archive`` (write from in-memory arrays), ``legacy``
 (adopt reference-package archives), ``streams`` (per-device readers, built
 from ``stream_plan``, ``stream_decode``, ``stream_read`` and

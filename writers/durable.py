@@ -5,6 +5,7 @@
   ``fsync`` the directory, so that after a crash the path holds either the
   old or the new bytes, never a torn file.  The temporary file is removed
   when anything fails.
+* :func:`atomic_writer` — the same for a file written as a stream (shards).
 * :func:`fsync_file` / :func:`fsync_dir` — the two halves, for writers that
   stream into their own temporary file and rename it themselves.
 * :class:`Lock` — an exclusive lock file created with ``O_CREAT|O_EXCL``
@@ -16,8 +17,10 @@
 
 Local paths only.  Object stores (gs://, s3://, any ``scheme://``) publish
 an object atomically when its upload completes and have no directory to
-fsync and no ``O_EXCL`` create, so for URLs :func:`write_atomic` uploads via
-``fs.write_bytes`` and :class:`Lock` does nothing (``acquired`` stays False).
+fsync and no ``O_EXCL`` create, so for URLs :func:`write_atomic` and
+:func:`atomic_writer` upload once via :mod:`writers.fs` and :class:`Lock`
+does nothing (``acquired`` stays False): a lock object written to a bucket
+could not be created exclusively, so it would only pretend to exclude.
 """
 
 from __future__ import annotations
@@ -31,15 +34,16 @@ import time
 import uuid
 import warnings
 
+from typing import Iterator
+
+from . import fs
 from .errors import WriteError
 
-TEMP_MARKER = ".tmp-"
+TEMP_MARKER = fs.TEMP_MARKER
 
 
 def _is_url(path) -> bool:
-    from .fs import is_url
-
-    return is_url(str(path))
+    return fs.is_url(str(path))
 
 
 def fsync_file(f) -> None:
@@ -48,30 +52,24 @@ def fsync_file(f) -> None:
     os.fsync(f.fileno())
 
 
-def fsync_dir(path) -> None:
-    """fsync a directory so that renames and creations in it are durable.
-
-    A no-op for URLs and on platforms that cannot open a directory.
-    """
-    path = str(path)
-    if _is_url(path):
-        return
-    try:
-        fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on directories
-    finally:
-        os.close(fd)
+fsync_dir = fs.fsync_dir
 
 
 def temp_path(path) -> str:
     """A unique temporary name beside ``path`` (hidden, marked ``.tmp-``)."""
     directory, name = os.path.split(os.path.abspath(str(path)))
     return os.path.join(directory, f".{name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.contextmanager
+def atomic_writer(path) -> Iterator:
+    """Like :func:`writers.fs.atomic_writer` (a file object whose bytes
+    appear under ``path`` only when the ``with`` block succeeds; the
+    temporary file is removed on failure), and for local paths durable: the
+    temporary file is fsynced before its rename and the directory after it.
+    URLs: one upload after the block."""
+    with fs.atomic_writer(str(path), sync=True) as f:
+        yield f
 
 
 def write_atomic(path, data: bytes) -> None:
@@ -82,27 +80,13 @@ def write_atomic(path, data: bytes) -> None:
     existing ``path`` is then untouched.  URLs are uploaded in one piece
     (an object appears only when complete).  Errors become WriteError.
     """
-    path = str(path)
-    if _is_url(path):
-        from .fs import write_bytes
-
-        write_bytes(path, data)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = temp_path(path)
     try:
-        os.makedirs(directory, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_writer(path) as f:
             f.write(data)
-            fsync_file(f)
-        os.replace(tmp, path)
-        fsync_dir(directory)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise WriteError(f"cannot write: {e.strerror or e}", path) from e
+    except WriteError:
         raise
+    except OSError as e:
+        raise WriteError(f"cannot write: {e.strerror or e}", str(path)) from e
 
 
 def replace_durably(tmp, path) -> None:
@@ -171,14 +155,16 @@ class Lock:
 
     ``what`` names the guarded thing in messages (e.g. "archive /data/a").
     ``clear_stale``: when the recorded pid is dead on this host, remove the
-    lock with a one-line warning and take it (instead of StaleLockError).
+    lock with a one-line warning and take it (instead of StaleLockError); the
+    warning goes to ``warn(message)`` when given, else ``warnings.warn``.
     For URLs the lock is skipped (object stores have no exclusive create).
     """
 
-    def __init__(self, path, what: str | None = None, clear_stale: bool = False):
+    def __init__(self, path, what: str | None = None, clear_stale: bool = False, warn=None):
         self.path = str(path)
         self.what = what or self.path
         self.clear_stale = clear_stale
+        self.warn = warn
         self.acquired = False
         self._token = None
 
@@ -227,10 +213,11 @@ class Lock:
             and not _pid_alive(pid)
         ):
             if self.clear_stale:
-                warnings.warn(
-                    f"removing stale lock {self.path} (pid {pid} on {host}, since {since}, is not running)",
-                    stacklevel=3,
-                )
+                msg = f"removing stale lock {self.path} (pid {pid} on {host}, since {since}, is not running)"
+                if self.warn is not None:
+                    self.warn(f"warning: {msg}")
+                else:
+                    warnings.warn(msg, stacklevel=3)
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path)
                 return
@@ -246,8 +233,14 @@ class Lock:
                 self.path,
                 holder,
             )
+        where = (
+            ""
+            if hhost == host
+            else f"; if it is no longer running on {hhost}, clear it with: {clear}"
+        )
         raise LockedError(
-            f"{self.what} is in use by pid {pid} on {hhost} since {since} (lock file {self.path})",
+            f"{self.what} is in use by pid {pid} on {hhost} since {since} "
+            f"(lock file {self.path}){where}",
             self.path,
             holder,
         )

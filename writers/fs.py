@@ -220,8 +220,26 @@ class _Discard(Exception):
     pass
 
 
+def fsync_dir(path: str) -> None:
+    """fsync a local directory so that renames and creations in it are
+    durable (a no-op for URLs, and where directories cannot be fsynced)."""
+    path = str(path)
+    if is_url(path):
+        return
+    try:
+        fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_writer(path: str) -> Iterator[io.BufferedIOBase]:
+def atomic_writer(path: str, sync: bool = False) -> Iterator[io.BufferedIOBase]:
     """Write ``path`` so that it appears under its name only when complete.
 
     Local: writes ``.<name>.tmp-<random>`` beside it and ``os.replace``s it
@@ -230,6 +248,8 @@ def atomic_writer(path: str) -> Iterator[io.BufferedIOBase]:
     local temporary file and uploaded under the final name only after the
     ``with`` block succeeds (object stores publish an object when its upload
     completes).  Errors opening or writing become :class:`WriteError`.
+    ``sync`` (local paths): fsync the file before its rename and the
+    directory after it (:mod:`writers.durable` passes it).
     """
     if is_url(path):
         spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
@@ -260,7 +280,12 @@ def atomic_writer(path: str) -> Iterator[io.BufferedIOBase]:
     try:
         with f:
             yield f
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if sync:
+            fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)

@@ -4,7 +4,8 @@ One row per record: ``split, kind, seed, derivative, parameter, file,
 record, offset, length`` (derivative/parameter −1 where absent; ``record``
 is the 0-based position in ``file``; ``offset``/``length`` locate the framed
 record in bytes), so tools can find any simulation without scanning the
-archive.
+archive.  Published schema: docs/index.schema.json; the Parquet key-value
+metadata ``imnn_stream.index_format_version`` names its version.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import fs
+from . import durable, fs
 from .layout import INDEX_NAME
 from .schema import record_seed
 from .framing import FRAMING_BYTES, iter_records, read_upto
 
 COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record", "offset", "length")
+#: Parquet key-value metadata: the index format (docs/index.schema.json)
+FORMAT_KEY, FORMAT_VERSION = "imnn_stream.index_format_version", "1"
 
 
 def scan_file(path: str) -> list[tuple]:
@@ -69,7 +72,7 @@ def build_table(root: str, manifest) -> pa.Table:
             ("length", pa.int64()),
         ]
     )
-    return pa.table(cols, schema=schema)
+    return pa.table(cols, schema=schema.with_metadata({FORMAT_KEY: FORMAT_VERSION}))
 
 
 def write_index(root: str, manifest) -> str:
@@ -78,7 +81,7 @@ def write_index(root: str, manifest) -> str:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     path = fs.join(root, INDEX_NAME)
-    fs.write_bytes(path, buf.getvalue())
+    durable.write_atomic(path, buf.getvalue())
     return path
 
 

@@ -27,6 +27,9 @@ SPLITS = ("train", "validation")
 MANIFEST_NAME = "manifest.json"
 #: the per-record Parquet index beside the manifest
 INDEX_NAME = "index.parquet"
+#: lock file held at the archive root by the ``generate`` driver while it writes
+#: (never listed in the manifest; the validator allows it with a warning)
+GENERATE_LOCK = ".generate.lock"
 #: tensorflow-datasets metadata files in each kind directory (``tfds_files``)
 TFDS_FILES = ("dataset_info.json", "features.json")
 #: file names the reference ``imnn`` writer leaves (adopted by ``writers.legacy``):

@@ -3,7 +3,7 @@
 Schema (version 1)::
 
     {
-      "version": 1,
+      "version": 1,          # or "1.<minor>" (see manifest_schema; docs/archive-contract.md)
       "format": "imnn-stream-archive",
       "mode": "numerical" | "gradient" | "fiducial",
       "theta_fid": [float] * n_params,          # fiducial parameters θ_fid
@@ -29,7 +29,9 @@ Schema (version 1)::
     }
 
 The manifest is written last: it is the commit marker, and only the files it
-lists belong to the archive.
+lists belong to the archive.  Every listed path is relative, normalised and
+inside the archive root (``layout.relpath_problem``); parsing refuses anything
+else, and wrong field types or values, naming the entry (``manifest_schema``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from . import fs
+from . import durable, fs
 from .errors import ArchiveError, MissingFileError
 from .layout import (
     INDEX_NAME,
@@ -416,7 +418,7 @@ def write_manifest(root: str, manifest: Manifest, write_index: bool = True) -> s
         _write_index(root, manifest)
         manifest.index = INDEX_NAME
     path = fs.join(root, MANIFEST_NAME)
-    fs.write_bytes(path, manifest.dumps().encode())
+    durable.write_atomic(path, manifest.dumps().encode())
     return path
 
 

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 
-from . import fs
+from . import durable, fs
 from .errors import ArchiveError
 from .layout import ShardSpec
 from .schema import record_seed
@@ -70,7 +70,7 @@ def write_shard(
     digest = hashlib.sha256()
     index = []
     offset = 0
-    with fs.atomic_writer(path) as f:
+    with durable.atomic_writer(path) as f:
         for i, raw in enumerate(records):
             seed, sign, parameter = record_seed(raw)
             if seed is None:

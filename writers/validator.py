@@ -13,13 +13,14 @@ Parquet index agreeing with the files.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from . import fs
 from .check import check_shard
 from .errors import ArchiveError, format_location
-from .layout import MANIFEST_NAME, TFDS_FILES, tfds_files
+from .layout import GENERATE_LOCK, MANIFEST_NAME, TFDS_FILES, tfds_files
 from .manifest import Manifest, consistency_errors, kind_record_spec, parse_manifest
 
 
@@ -109,10 +110,14 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None
             err("no manifest.json (not an archive, or its writing never finished)", MANIFEST_NAME)
             return
         try:
-            m = parse_manifest(fs.read_bytes(mpath), MANIFEST_NAME)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                m = parse_manifest(fs.read_bytes(mpath), MANIFEST_NAME)
         except (ArchiveError, TypeError) as e:
             err(getattr(e, "detail", str(e)), MANIFEST_NAME)
             return
+        for w in caught:  # e.g. a newer minor version's optional fields
+            warn(str(w.message).removeprefix(f"{MANIFEST_NAME}: "), MANIFEST_NAME)
     else:
         m = manifest
     problems = consistency_errors(m)
@@ -123,7 +128,12 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None
 
     listed = {f["path"] for f in m.all_files()}
     present = set(fs.list_files(root))
-    allowed = {MANIFEST_NAME} | ({m.index} if m.index else set())
+    allowed = {MANIFEST_NAME, GENERATE_LOCK} | ({m.index} if m.index else set())
+    if GENERATE_LOCK in present:
+        warn(
+            "lock file of a generate run (running, or killed: the next run clears it)",
+            GENERATE_LOCK,
+        )
     # tensorflow-datasets metadata (writers.tfds_meta) in each kind directory
     # (and beside each split, where archives before 0.2 had it)
     allowed |= {f"{s}/{name}" for s in m.layout for name in TFDS_FILES}

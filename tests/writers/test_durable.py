@@ -89,3 +89,35 @@ def test_lock_is_skipped_for_urls():
     with Lock("gs://bucket/archive/.generate.lock") as lock:
         assert not lock.acquired
     assert durable.fsync_dir("gs://bucket/x") is None
+
+
+def test_archive_files_and_directories_are_fsynced_before_rename(tmp_path, monkeypatch):
+    """Shards (writers.shard), index.parquet and manifest.json (writers.manifest,
+    writers.index) are fsynced under their temporary names, then renamed, then
+    their directory is fsynced (issue 11: no writes were fsynced)."""
+    import numpy as np
+
+    from writers.archive import write_arrays
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(a), str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = str(tmp_path / "a")
+    m = write_arrays(root, "fiducial", [1.0], None, fiducial=np.zeros((4, 2), np.float32))
+    finals = [os.path.join(root, f["path"]) for f in m.all_files()]
+    finals += [os.path.join(root, "index.parquet"), os.path.join(root, "manifest.json")]
+    for final in finals:
+        i = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == final)
+        tmp = events[i][1]
+        assert ("fsync", tmp) in events[:i], final
+        assert ("fsync", os.path.dirname(final)) in events[i + 1 :], final
