@@ -223,6 +223,7 @@ def fit_archive(
     rng=None,
     checkpoint_dir=None,
     progress=True,
+    clear_stale_lock=False,
 ):
     """Fit the streaming trainer of ``archive``'s mode with ``config``; write the run
     folder ``out`` (see :mod:`imnn_stream.app.runs`). Returns (imnn, summary dict).
@@ -231,11 +232,13 @@ def fit_archive(
     weights: start from these network weights instead (warm start); rng: the fit's
     key (default ``PRNGKey(config.seed + 1)``); checkpoint_dir: default
     ``out/checkpoint``; progress: show a progress bar. ``out`` is locked
-    (``out.lock``) while the fit runs, and written as a whole at the end.
+    (``out.lock``) while the fit runs, and written as a whole at the end;
+    ``clear_stale_lock``: take over a lock left by a dead process (for callers that
+    already hold a lock on a folder above, as the inference loop).
     """
     from .runs import run_lock
 
-    with run_lock(out):
+    with run_lock(out, clear_stale=clear_stale_lock):
         return _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress)
 
 

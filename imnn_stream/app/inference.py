@@ -158,6 +158,7 @@ class InferenceLoop:
             rng=jax.random.fold_in(key, 1),
             checkpoint_dir=os.path.join(d, "checkpoint"),
             progress=self.progress,
+            clear_stale_lock=True,  # this loop holds OUT.lock: a stale round lock is its own
         )
         estimates = imnn.get_estimate(target)
         θ_hat = estimates.mean(0)

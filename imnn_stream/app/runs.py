@@ -39,13 +39,13 @@ WEIGHTS = "imnn.npz"
 LEGACY_WEIGHTS = "imnn.pkl"
 
 
-def run_lock(out, what="run folder"):
+def run_lock(out, what="run folder", clear_stale=False):
     """The lock file ``OUT.lock`` guarding ``out`` (a context manager; see
     :class:`writers.durable.Lock`)."""
     from writers.durable import Lock
 
     out = os.path.normpath(os.fspath(out))
-    return Lock(out + ".lock", what=f"{what} {out}")
+    return Lock(out + ".lock", what=f"{what} {out}", clear_stale=clear_stale)
 
 
 def _write_file(path, data: bytes):

@@ -93,6 +93,12 @@ def test_loop_converges_agrees_with_abc_and_resumes(tmp_path):
     assert os.path.exists(first)
     with open(first) as f:
         round0 = json.load(f)
+    # the killed loop's lock is reported (with the command that clears it), not broken
+    r = subprocess.run(
+        infer_cmd(out, str(tmp_path / "target.npy")), capture_output=True, text=True, timeout=900
+    )
+    assert r.returncode == 1 and f"rm {out}.lock" in r.stderr, r.stderr[-3000:]
+    os.remove(out + ".lock")
     r = subprocess.run(
         infer_cmd(out, str(tmp_path / "target.npy")), capture_output=True, text=True, timeout=900
     )
