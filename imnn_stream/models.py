@@ -13,7 +13,17 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["mlp", "cnn", "polynomial", "from_spec", "UntrustedCodeError"]
+from .adapters import from_equinox, from_flax
+
+__all__ = [
+    "mlp",
+    "cnn",
+    "polynomial",
+    "from_spec",
+    "from_flax",
+    "from_equinox",
+    "UntrustedCodeError",
+]
 
 
 def _leaky_relu(x):
