@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import durable, fs
@@ -46,19 +48,40 @@ def scan_file(path: str) -> list[tuple]:
 def build_table(root: str, manifest) -> pa.Table:
     """The index as a pyarrow Table (scans files whose entries were not
     gathered while writing).  ``manifest``: a :class:`writers.manifest.Manifest`
-    (only its ``layout``, ``files`` and ``record_entries`` are used)."""
-    cols = {c: [] for c in COLUMNS}
+    (only its ``layout``, ``files`` and ``record_entries`` are used).
+
+    Built column-wise: one int64 array ``(count, 5)`` per file, concatenated, and
+    the string columns as dictionary indices into the (split, kind, file) names,
+    so no Python object is created per record (millions in a large archive)."""
+    names, keys, nums, records = [], [], [], []
     for split in manifest.layout:
         for kind in manifest.layout[split]:
             for f in manifest.files(split, kind):
                 entries = manifest.record_entries(f["path"])
                 if entries is None:
                     entries = scan_file(fs.join(root, f["path"]))
-                for r, (seed, sign, parameter, offset, length) in enumerate(entries):
-                    for c, v in zip(
-                        COLUMNS, (split, kind, seed, sign, parameter, f["path"], r, offset, length)
-                    ):
-                        cols[c].append(v)
+                a = np.asarray(entries, np.int64).reshape(-1, 5)
+                keys.append(np.full(len(a), len(names), np.int32))
+                names.append((split, kind, f["path"]))
+                nums.append(a)
+                records.append(np.arange(len(a), dtype=np.int64))
+    which = pa.array(np.concatenate(keys) if keys else np.zeros(0, np.int32))
+    a = np.concatenate(nums) if nums else np.zeros((0, 5), np.int64)
+
+    def strings(j):
+        return pc.take(pa.array([n[j] for n in names], pa.string()), which)
+
+    cols = {
+        "split": strings(0),
+        "kind": strings(1),
+        "seed": pa.array(a[:, 0]),
+        "derivative": pa.array(a[:, 1].astype(np.int8)),
+        "parameter": pa.array(a[:, 2].astype(np.int32)),
+        "file": strings(2),
+        "record": pa.array(np.concatenate(records) if records else np.zeros(0, np.int64)),
+        "offset": pa.array(a[:, 3]),
+        "length": pa.array(a[:, 4]),
+    }
     schema = pa.schema(
         [
             ("split", pa.string()),
@@ -72,7 +95,9 @@ def build_table(root: str, manifest) -> pa.Table:
             ("length", pa.int64()),
         ]
     )
-    return pa.table(cols, schema=schema.with_metadata({FORMAT_KEY: FORMAT_VERSION}))
+    return pa.table(
+        [cols[c] for c in COLUMNS], schema=schema.with_metadata({FORMAT_KEY: FORMAT_VERSION})
+    )
 
 
 def write_index(root: str, manifest) -> str:

@@ -6,11 +6,19 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 
+import numpy as np
+
 from . import durable, fs
 from .errors import ArchiveError
 from .layout import ShardSpec
 from .schema import record_seed
 from .framing import frame
+
+
+def records_array(entries) -> np.ndarray:
+    """Per-record index entries (an array or a sequence of 5-tuples) as one
+    C-contiguous int64 array of shape ``(n, 5)``."""
+    return np.ascontiguousarray(entries, dtype=np.int64).reshape(-1, 5)
 
 
 @dataclass
@@ -19,10 +27,13 @@ class FileMeta:
 
     path: relative to the archive root; count: records; first_seed /
     last_seed: seeds of the first and last record; bytes: file size;
-    sha256: hex digest of the file's bytes.  ``records`` holds, per record,
-    ``(seed, derivative, parameter, offset, length)`` (derivative/parameter
-    -1 when absent; offset/length of the framed record in bytes) for the
-    Parquet index; it is not stored in the manifest.
+    sha256: hex digest of the file's bytes.  ``records`` is an int64 array
+    ``(count, 5)`` holding, per record, ``(seed, derivative, parameter, offset,
+    length)`` (derivative/parameter -1 when absent; offset/length of the framed
+    record in bytes) for the Parquet index; it is not stored in the manifest.
+    One array rather than a tuple per record: ~40 instead of ~180 bytes per
+    record where Beam gathers every shard's index for the manifest step, and it
+    pickles as raw bytes.
     """
 
     path: str
@@ -31,7 +42,11 @@ class FileMeta:
     last_seed: int
     bytes: int
     sha256: str
-    records: Optional[list] = field(default=None, repr=False, compare=False)
+    records: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.records is not None:
+            self.records = records_array(self.records)
 
     def to_json(self, include_records: bool = False) -> dict:
         # a shallow dict: dataclasses.asdict would deep-copy the per-record index
@@ -41,7 +56,7 @@ class FileMeta:
             for k in ("path", "count", "first_seed", "last_seed", "bytes", "sha256")
         }
         if include_records:
-            d["records"] = self.records
+            d["records"] = None if self.records is None else self.records.tolist()
         return d
 
     @classmethod

@@ -199,9 +199,11 @@ def _check_index(root, m, file_records, err, warn):
         from .index import read_index  # pyarrow only when there is an index
 
         table = read_index(root)
-        counts = {}
-        for name in table.column("file").to_pylist():
-            counts[name] = counts.get(name, 0) + 1
+        import pyarrow.compute as pc
+
+        # one count per file, not one Python string per row
+        vc = pc.value_counts(table.column("file")).to_pylist()
+        counts = {v["values"]: v["counts"] for v in vc}
     except Exception as e:  # pyarrow raises many types for a damaged file
         err(f"unreadable Parquet index: {e}", m.index)
         return
