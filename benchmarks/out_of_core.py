@@ -27,11 +27,11 @@ Read rates per pass are taken from the fit's ``rchar`` counter: the bytes it
 read beyond the passes (imports, the manifest) are assumed to come before the
 first pass, so the pass boundaries are approximate by that much.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import mmap
 import os
 import shutil
@@ -39,23 +39,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-N_PARAMS = 2          # GRF θ = (A, B)
+N_PARAMS = 2  # GRF θ = (A, B)
 RECORDS_PER_SEED = 1 + 2 * N_PARAMS  # numerical mode: fiducial + (∓δθ/2 for each parameter)
 SMALL_FRACTION = 32
 
 
 # ----------------------------------------------------------------------------- the command
 
+
 def command() -> list[str]:
     """How to call the ``imnn-stream`` command from here."""
-    probe = subprocess.run([sys.executable, "-m", "imnn_stream", "--help"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-m", "imnn_stream", "--help"], capture_output=True, text=True
+    )
     if probe.returncode == 0:
         return [sys.executable, "-m", "imnn_stream"]
     exe = Path(sys.executable).parent / "imnn-stream"
@@ -64,11 +65,14 @@ def command() -> list[str]:
     found = shutil.which("imnn-stream")
     if found:
         return [found]
-    raise SystemExit("out_of_core: neither `python -m imnn_stream` nor an `imnn-stream` "
-                     "executable is available (install the project: pip install -e .)")
+    raise SystemExit(
+        "out_of_core: neither `python -m imnn_stream` nor an `imnn-stream` "
+        "executable is available (install the project: pip install -e .)"
+    )
 
 
 # ----------------------------------------------------------------------------- sampling
+
 
 def _proc_tree(pid: int) -> list[int]:
     pids = [pid]
@@ -128,15 +132,22 @@ def run_sampled(cmd: list[str], interval: float = 0.5, log: Path | None = None) 
         out.close()
     text = log.read_text(errors="replace") if log else ""
     if p.returncode != 0:
-        raise SystemExit(f"out_of_core: `{' '.join(cmd)}` failed (exit {p.returncode}):\n"
-                         + text[-3000:])
+        raise SystemExit(
+            f"out_of_core: `{' '.join(cmd)}` failed (exit {p.returncode}):\n" + text[-3000:]
+        )
     samples = [s for s in samples if s[1] > 0] or [(elapsed, 0, 0, 0, 0)]
-    return {"elapsed_s": elapsed, "samples": samples, "output": text,
-            "peak_rss": max(s[1] for s in samples), "peak_anon": max(s[2] for s in samples),
-            "peak_tree_rss": max(s[3] for s in samples)}
+    return {
+        "elapsed_s": elapsed,
+        "samples": samples,
+        "output": text,
+        "peak_rss": max(s[1] for s in samples),
+        "peak_anon": max(s[2] for s in samples),
+        "peak_tree_rss": max(s[3] for s in samples),
+    }
 
 
 # ----------------------------------------------------------------------------- machine
+
 
 def mem_total() -> int:
     with open("/proc/meminfo") as f:
@@ -160,8 +171,11 @@ def drop_caches() -> bool:
 
 
 def shard_files(archive: Path) -> list[Path]:
-    return sorted(p for p in archive.rglob("*") if p.is_file()
-                  and p.name not in ("manifest.json", "index.parquet", "job.json"))
+    return sorted(
+        p
+        for p in archive.rglob("*")
+        if p.is_file() and p.name not in ("manifest.json", "index.parquet", "job.json")
+    )
 
 
 def raw_read(files: list[Path]) -> dict:
@@ -201,11 +215,11 @@ def raw_read(files: list[Path]) -> dict:
                     if n < chunk:
                         break
     seconds = time.perf_counter() - t0
-    return {"bytes": total, "seconds": seconds, "mb_per_s": total / seconds / 1e6,
-            "method": method}
+    return {"bytes": total, "seconds": seconds, "mb_per_s": total / seconds / 1e6, "method": method}
 
 
 # ----------------------------------------------------------------------------- one size
+
 
 def archive_bytes(archive: Path) -> int:
     return sum(p.stat().st_size for p in shard_files(archive))
@@ -223,71 +237,132 @@ def fit_rates(samples, pass_bytes: int, n_passes_expected: int) -> list[dict]:
         t_hi = next((s[0] for s in samples if s[4] >= hi), samples[-1][0])
         if t_lo is None or t_hi <= t_lo:
             continue
-        out.append({"pass": k + 1, "start_s": t_lo, "seconds": t_hi - t_lo,
-                    "mb_per_s": pass_bytes / (t_hi - t_lo) / 1e6})
+        out.append(
+            {
+                "pass": k + 1,
+                "start_s": t_lo,
+                "seconds": t_hi - t_lo,
+                "mb_per_s": pass_bytes / (t_hi - t_lo) / 1e6,
+            }
+        )
     return out
 
 
 def s_per_iteration(output: str) -> float | None:
     """The fit's own per-iteration timing (its progress line, ``s/it=...``)."""
     import re
+
     values = [float(v) for v in re.findall(r"s/it=([0-9.eE+-]+)", output)]
     return statistics.median(values[1:] if len(values) > 1 else values) if values else None
 
 
 def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
     size = args.size
-    print(f"[{label}] generating n_s = n_d = {n_s} ({n_s * RECORDS_PER_SEED} records) "
-          f"into {archive}", file=sys.stderr, flush=True)
-    gen = run_sampled(cmd + [
-        "generate", "--simulator", "grf", "--simulator-config", json.dumps({"size": size}),
-        "--theta-fid", "1,2", "--delta-theta", "0.1,0.1", "--n-s", str(n_s),
-        "--n-devices", str(args.devices), "--mode", "numerical", "--no-validation",
-        "--records-per-shard", str(args.records_per_shard), "--input-shape", f"{size},{size}",
-        "--out", str(archive), "--no-progress"] + args.beam_args,
-        log=work / f"{label}_generate.log")
+    print(
+        f"[{label}] generating n_s = n_d = {n_s} ({n_s * RECORDS_PER_SEED} records) into {archive}",
+        file=sys.stderr,
+        flush=True,
+    )
+    gen = run_sampled(
+        cmd
+        + [
+            "generate",
+            "--simulator",
+            "grf",
+            "--simulator-config",
+            json.dumps({"size": size}),
+            "--theta-fid",
+            "1,2",
+            "--delta-theta",
+            "0.1,0.1",
+            "--n-s",
+            str(n_s),
+            "--n-devices",
+            str(args.devices),
+            "--mode",
+            "numerical",
+            "--no-validation",
+            "--records-per-shard",
+            str(args.records_per_shard),
+            "--input-shape",
+            f"{size},{size}",
+            "--out",
+            str(archive),
+            "--no-progress",
+        ]
+        + args.beam_args,
+        log=work / f"{label}_generate.log",
+    )
     nbytes = archive_bytes(archive)
     records = n_s * RECORDS_PER_SEED
-    print(f"[{label}] {nbytes / 1e9:.2f} GB in {gen['elapsed_s']:.1f} s; validating",
-          file=sys.stderr, flush=True)
+    print(
+        f"[{label}] {nbytes / 1e9:.2f} GB in {gen['elapsed_s']:.1f} s; validating",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.perf_counter()
-    val = subprocess.run(cmd + ["validate", str(archive), "--json"], capture_output=True,
-                         text=True)
+    val = subprocess.run(cmd + ["validate", str(archive), "--json"], capture_output=True, text=True)
     validate_s = time.perf_counter() - t0
     if val.returncode != 0:
-        raise SystemExit(f"out_of_core: validate failed on {archive}:\n{val.stdout[-2000:]}"
-                         f"{val.stderr[-2000:]}")
+        raise SystemExit(
+            f"out_of_core: validate failed on {archive}:\n{val.stdout[-2000:]}{val.stderr[-2000:]}"
+        )
     print(f"[{label}] raw sequential read", file=sys.stderr, flush=True)
     raw = raw_read(shard_files(archive))
     drop_caches()  # the fit reads from disk too where we can make it
     print(f"[{label}] fitting {args.iterations} iterations", file=sys.stderr, flush=True)
-    fit = run_sampled(cmd + [
-        "fit", str(archive), "--model", args.model, "--devices", str(args.devices),
-        "--n-per-device", str(args.n_per_device), "--max-iterations", str(args.iterations),
-        "--min-iterations", str(args.iterations), "--out", str(work / f"{label}_run")],
-        log=work / f"{label}_fit.log")
+    fit = run_sampled(
+        cmd
+        + [
+            "fit",
+            str(archive),
+            "--model",
+            args.model,
+            "--devices",
+            str(args.devices),
+            "--n-per-device",
+            str(args.n_per_device),
+            "--max-iterations",
+            str(args.iterations),
+            "--min-iterations",
+            str(args.iterations),
+            "--out",
+            str(work / f"{label}_run"),
+        ],
+        log=work / f"{label}_fit.log",
+    )
     # train split only: each iteration is two passes, plus the final statistics pass
     passes = fit_rates(fit["samples"], nbytes, 2 * args.iterations + 1)
     rates = [p["mb_per_s"] for p in passes]
     steady = rates[1:] if len(rates) > 1 else rates  # the first pass includes compilation
     spi = s_per_iteration(fit["output"])
     result = {
-        "archive_bytes": nbytes, "records": records, "n_s": n_s, "n_d": n_s,
-        "field": [size, size], "dtype": "float32",
-        "generation": {"elapsed_s": gen["elapsed_s"], "sims_per_s": records / gen["elapsed_s"],
-                       "mb_per_s": nbytes / gen["elapsed_s"] / 1e6,
-                       "driver_peak_rss_mib": gen["peak_rss"] / 2**20,
-                       "all_processes_peak_rss_mib": gen["peak_tree_rss"] / 2**20},
+        "archive_bytes": nbytes,
+        "records": records,
+        "n_s": n_s,
+        "n_d": n_s,
+        "field": [size, size],
+        "dtype": "float32",
+        "generation": {
+            "elapsed_s": gen["elapsed_s"],
+            "sims_per_s": records / gen["elapsed_s"],
+            "mb_per_s": nbytes / gen["elapsed_s"] / 1e6,
+            "driver_peak_rss_mib": gen["peak_rss"] / 2**20,
+            "all_processes_peak_rss_mib": gen["peak_tree_rss"] / 2**20,
+        },
         "validate_s": validate_s,
         "raw_read": raw,
-        "fit": {"elapsed_s": fit["elapsed_s"], "iterations": args.iterations,
-                "s_per_iteration": spi,
-                "peak_rss_mib": fit["peak_rss"] / 2**20,
-                "peak_anon_mib": fit["peak_anon"] / 2**20,
-                "read_mb_per_s_per_pass": passes,
-                "read_mb_per_s": statistics.median(steady) if steady else None,
-                "read_vs_raw": (statistics.median(steady) / raw["mb_per_s"]) if steady else None,
-                "rss_samples": [(round(s[0], 2), s[1], s[2]) for s in fit["samples"]]},
+        "fit": {
+            "elapsed_s": fit["elapsed_s"],
+            "iterations": args.iterations,
+            "s_per_iteration": spi,
+            "peak_rss_mib": fit["peak_rss"] / 2**20,
+            "peak_anon_mib": fit["peak_anon"] / 2**20,
+            "read_mb_per_s_per_pass": passes,
+            "read_mb_per_s": statistics.median(steady) if steady else None,
+            "read_vs_raw": (statistics.median(steady) / raw["mb_per_s"]) if steady else None,
+            "rss_samples": [(round(s[0], 2), s[1], s[2]) for s in fit["samples"]],
+        },
     }
     if not args.keep:
         shutil.rmtree(archive, ignore_errors=True)
@@ -296,29 +371,47 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
 
 # ----------------------------------------------------------------------------- plot
 
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, r in results["sizes"].items():
         s = r["fit"]["rss_samples"]
-        a.plot([x[0] for x in s], [x[1] / 2**20 for x in s],
-               label=f"{label}: {r['archive_bytes'] / 1e9:.2f} GB archive")
+        a.plot(
+            [x[0] for x in s],
+            [x[1] / 2**20 for x in s],
+            label=f"{label}: {r['archive_bytes'] / 1e9:.2f} GB archive",
+        )
         p = r["fit"]["read_mb_per_s_per_pass"]
-        line, = b.plot([x["pass"] for x in p], [x["mb_per_s"] for x in p], "o-",
-                       label=f"{label}: fit")
-        b.axhline(r["raw_read"]["mb_per_s"], ls="--", color=line.get_color(),
-                  label=f"{label}: raw read ({r['raw_read']['method']})")
+        (line,) = b.plot(
+            [x["pass"] for x in p], [x["mb_per_s"] for x in p], "o-", label=f"{label}: fit"
+        )
+        b.axhline(
+            r["raw_read"]["mb_per_s"],
+            ls="--",
+            color=line.get_color(),
+            label=f"{label}: raw read ({r['raw_read']['method']})",
+        )
     a.axhline(1024, color="grey", ls=":", label="1 GiB")
-    a.set(xlabel="s since the fit started", ylabel="RSS (MiB)", ylim=(0, None),
-          title=f"streaming fit: resident memory (MemTotal "
-                f"{results['mem_total_bytes'] / 2**30:.1f} GiB)")
+    a.set(
+        xlabel="s since the fit started",
+        ylabel="RSS (MiB)",
+        ylim=(0, None),
+        title=f"streaming fit: resident memory (MemTotal "
+        f"{results['mem_total_bytes'] / 2**30:.1f} GiB)",
+    )
     a.legend(fontsize=8)
     b.xaxis.get_major_locator().set_params(integer=True)
-    b.set(xlabel="pass (1: includes compilation)", ylabel="MB/s", ylim=(0, None),
-          title="read rate per pass")
+    b.set(
+        xlabel="pass (1: includes compilation)",
+        ylabel="MB/s",
+        ylim=(0, None),
+        title="read rate per pass",
+    )
     b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -326,27 +419,44 @@ def plot(results: dict, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ram-factor", type=float, default=1.5,
-                   help="large archive size as a multiple of MemTotal (default 1.5)")
-    p.add_argument("--scale-down", action="store_true",
-                   help="CI-sized run: large archive of --scale-down-mib instead")
+    p.add_argument(
+        "--ram-factor",
+        type=float,
+        default=1.5,
+        help="large archive size as a multiple of MemTotal (default 1.5)",
+    )
+    p.add_argument(
+        "--scale-down",
+        action="store_true",
+        help="CI-sized run: large archive of --scale-down-mib instead",
+    )
     p.add_argument("--scale-down-mib", type=float, default=512)
     p.add_argument("--size", type=int, default=64, help="field side (≥ 64)")
     p.add_argument("--devices", type=int, default=2)
-    p.add_argument("--n-per-device", type=int, default=512,
-                   help="records per batch per device (default 512: a batch of 64×64 fields "
-                        "is one whole 8 MiB transfer group, so both sizes run the same "
-                        "compiled groups and only the archive size differs)")
-    p.add_argument("--small-fraction", type=int, default=None,
-                   help="the small archive is 1/this of the large one (default 32; 8 with "
-                        "--scale-down, so that the small one still fills whole groups)")
+    p.add_argument(
+        "--n-per-device",
+        type=int,
+        default=512,
+        help="records per batch per device (default 512: a batch of 64×64 fields "
+        "is one whole 8 MiB transfer group, so both sizes run the same "
+        "compiled groups and only the archive size differs)",
+    )
+    p.add_argument(
+        "--small-fraction",
+        type=int,
+        default=None,
+        help="the small archive is 1/this of the large one (default 32; 8 with "
+        "--scale-down, so that the small one still fills whole groups)",
+    )
     p.add_argument("--model", default="cnn:8,16", help="small CNN by default")
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--records-per-shard", type=int, default=1000)
-    p.add_argument("--dir", default=None,
-                   help="where the archives go (default: a temporary folder in $TMPDIR)")
+    p.add_argument(
+        "--dir", default=None, help="where the archives go (default: a temporary folder in $TMPDIR)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the archives and run folders")
     p.add_argument("--json", default=str(RESULTS / "out_of_core.json"))
     p.add_argument("--png", default=str(RESULTS / "out_of_core.png"))
@@ -371,24 +481,40 @@ def main(argv=None) -> int:
     base.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(base).free
     if free < need:
-        print(f"out_of_core: refusing: {base} has {free / 1e9:.1f} GB free, the archives need "
-              f"about {need / 1e9:.1f} GB ({n_big * seed_bytes / 1e9:.1f} GB for "
-              f"{args.ram_factor if not args.scale_down else 'a scaled-down'}× RAM "
-              f"= {ram / 2**30:.1f} GiB, plus the 1/{args.small_fraction} archive and 1 GB spare). "
-              "Free space, choose another --dir, or lower --ram-factor.", file=sys.stderr)
+        print(
+            f"out_of_core: refusing: {base} has {free / 1e9:.1f} GB free, the archives need "
+            f"about {need / 1e9:.1f} GB ({n_big * seed_bytes / 1e9:.1f} GB for "
+            f"{args.ram_factor if not args.scale_down else 'a scaled-down'}× RAM "
+            f"= {ram / 2**30:.1f} GiB, plus the 1/{args.small_fraction} archive and 1 GB spare). "
+            "Free space, choose another --dir, or lower --ram-factor.",
+            file=sys.stderr,
+        )
         return 2
     cmd = command()
     work = Path(tempfile.mkdtemp(prefix="out_of_core_", dir=base))
-    results = {"benchmark": "out_of_core", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "command": cmd, "mem_total_bytes": ram, "mem_total_gib": ram / 2**30,
-               "cpus": os.cpu_count(), "scale_down": args.scale_down,
-               "ram_factor": None if args.scale_down else args.ram_factor,
-               "config": {"model": args.model, "devices": args.devices,
-                          "n_per_device": args.n_per_device, "iterations": args.iterations,
-                          "field": [args.size, args.size], "mode": "numerical",
-                          "splits": ["train"], "records_per_shard": args.records_per_shard},
-               "small_fraction": args.small_fraction,
-               "root": os.geteuid() == 0, "sizes": {}}
+    results = {
+        "benchmark": "out_of_core",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": cmd,
+        "mem_total_bytes": ram,
+        "mem_total_gib": ram / 2**30,
+        "cpus": os.cpu_count(),
+        "scale_down": args.scale_down,
+        "ram_factor": None if args.scale_down else args.ram_factor,
+        "config": {
+            "model": args.model,
+            "devices": args.devices,
+            "n_per_device": args.n_per_device,
+            "iterations": args.iterations,
+            "field": [args.size, args.size],
+            "mode": "numerical",
+            "splits": ["train"],
+            "records_per_shard": args.records_per_shard,
+        },
+        "small_fraction": args.small_fraction,
+        "root": os.geteuid() == 0,
+        "sizes": {},
+    }
     try:
         results["sizes"]["small"] = one_size("small", cmd, work / "small", n_small, args, work)
         results["sizes"]["large"] = one_size("large", cmd, work / "large", n_big, args, work)
@@ -407,7 +533,8 @@ def main(argv=None) -> int:
         f"{l['raw_read']['mb_per_s']:.0f} MB/s raw ({l['raw_read']['method']}), "
         f"{l['fit']['s_per_iteration'] or float('nan'):.1f} s/iteration; generated at "
         f"{l['generation']['sims_per_s']:.0f} simulations/s "
-        f"({l['generation']['mb_per_s']:.0f} MB/s, {l['generation']['elapsed_s']:.0f} s)")
+        f"({l['generation']['mb_per_s']:.0f} MB/s, {l['generation']['elapsed_s']:.0f} s)"
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1))
     plot(results, Path(args.png))
