@@ -36,7 +36,14 @@ from writers.schema import RecordSpec, encode_example
 from writers.shard import FileMeta, write_shard
 
 from .job import JOB_NAME, Job
-from .simulate import BatchSimulator, SimulatorSpec, load_simulator, shard_records
+from .simulate import (
+    BatchSimulator,
+    SimulatorSpec,
+    compilation_cache_dir,
+    load_simulator,
+    shard_records,
+    use_compilation_cache,
+)
 
 __all__ = ["pipeline_options", "make_pipeline", "build", "run_pipeline", "check_existing"]
 
@@ -151,22 +158,39 @@ def _batcher(job: Job) -> BatchSimulator:
         return _BATCHERS[key]
 
 
+def _job_kinds(job: Job) -> list:
+    return [k.kind for k in kinds(job.mode, job.n_s, job.n_d, job.n_params)]
+
+
 class WriteShard(beam.DoFn):
     """ShardSpec dict -> (ShardSpec dict, FileMeta dict with its record index).
 
     A valid file already under the shard's name is kept (resume); anything else
-    is simulated and written atomically.
+    is simulated and written atomically. ``setup`` starts compiling the job's
+    kinds in a background thread (from the persistent cache ``cache_dir`` where
+    the driver filled it), overlapping the runner's hand-over of the first work.
     """
 
-    def __init__(self, root: str, job: Job, fs_flags: Sequence[str] = ()):
+    def __init__(
+        self,
+        root: str,
+        job: Job,
+        fs_flags: Sequence[str] = (),
+        cache_dir: Optional[str] = None,
+    ):
         self.root, self.job, self.fs_flags = root, job, list(fs_flags)
+        self.cache_dir = cache_dir
         self.written = Metrics.counter(NAMESPACE, "shards_written")
         self.kept = Metrics.counter(NAMESPACE, "shards_kept")
         self.simulated = Metrics.counter(NAMESPACE, "records_simulated")
 
     def setup(self):
         fs.configure(self.fs_flags)
+        use_compilation_cache(self.cache_dir)
         self.batcher = _batcher(self.job)
+        threading.Thread(
+            target=self.batcher.warm, args=(_job_kinds(self.job),), daemon=True
+        ).start()
 
     def process(self, spec_json: dict):
         spec = ShardSpec.from_json(spec_json)
@@ -224,14 +248,21 @@ class WriteManifest(beam.DoFn):
 
 
 def build(
-    p: beam.Pipeline, root: str, job: Job, plan: Sequence[ShardSpec], fs_flags: Sequence[str] = ()
+    p: beam.Pipeline,
+    root: str,
+    job: Job,
+    plan: Sequence[ShardSpec],
+    fs_flags: Sequence[str] = (),
+    cache_dir: Optional[str] = None,
 ):
-    """Add the archive-writing transforms to ``p``; returns the manifest path PCollection."""
+    """Add the archive-writing transforms to ``p``; returns the manifest path
+    PCollection. ``cache_dir``: the workers' persistent compilation cache (a
+    path they can see; None: none)."""
     metas = (
         p
         | "PlanShards" >> beam.Create([s.to_json() for s in plan])
         | "Redistribute" >> beam.Reshuffle()
-        | "WriteShards" >> beam.ParDo(WriteShard(root, job, fs_flags))
+        | "WriteShards" >> beam.ParDo(WriteShard(root, job, fs_flags, cache_dir))
     )
     return (
         metas
@@ -245,8 +276,21 @@ def run_pipeline(root: str, job: Job, beam_argv: Sequence[str] = ()) -> dict:
     (``shards_written``, ``shards_kept``, ``records_simulated``) where the
     runner reports them."""
     opts = pipeline_options(beam_argv)
+    cache_dir = None
+    if opts.view_as(StandardOptions).runner is None and os.environ.get(
+        "IMNN_STREAM_JAX_CACHE", "1"
+    ) not in ("0", ""):
+        # local workers share the driver's disk: the driver compiles each kind once
+        # into the cache while Beam starts the workers, which then only load it
+        cache_dir = compilation_cache_dir()
+        if use_compilation_cache(cache_dir):
+            threading.Thread(
+                target=lambda: _batcher(job).warm(_job_kinds(job)),
+                name="warm-compile",
+                daemon=True,
+            ).start()
     p = make_pipeline(opts)
-    build(p, root, job, job.plan(), fs_flags=list(beam_argv))
+    build(p, root, job, job.plan(), fs_flags=list(beam_argv), cache_dir=cache_dir)
     result = p.run()
     result.wait_until_finish()
     counters = {}

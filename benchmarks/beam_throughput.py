@@ -14,6 +14,15 @@ whether the two archives have byte-identical shards (SHA-256 of every file, from
 the manifests; the loop's archive is deleted before the pipeline runs, so both
 start with the same free disk).
 
+The pipeline starts with an empty JAX compilation cache of its own (in the
+scratch directory; the driver fills it while the workers start, see
+``beam_jobs.simulate.compilation_cache_dir``), so its numbers include one
+compilation; ``--warm-cache`` keeps a cache from an earlier run instead.
+
+``--manifest-records N`` also times, in a child process, what the manifest step
+does for an archive of N records (synthetic shard metadata: gathering, the
+Parquet index, the manifest) and its peak RSS.
+
     python benchmarks/beam_throughput.py [--size 64] [--n-s 262144] [--workers N]
 """
 
@@ -95,6 +104,66 @@ class ShardClock:
         return {"steady_simulations_per_s": round(rate, 1), "first_shard_after_s": None}
 
 
+def manifest_step(n_records: int, records_per_shard: int = 4096) -> dict:
+    """Seconds and peak RSS of the pipeline's manifest step (``WriteManifest``: add
+    every shard's FileMeta with its (count, 5) record index, TFDS metadata, Parquet
+    index, manifest) for a numerical archive of ``n_records`` 64×64 records on 2
+    devices, from synthetic metadata. Run in a child process for a clean peak."""
+    import subprocess
+
+    code = f"""
+import json, tempfile, time, shutil, numpy as np
+from beam_jobs.job import make_job
+from writers.shard import FileMeta
+import writers.shard
+ARRAYS = hasattr(writers.shard, "records_array")  # before 1796e9c: a tuple per record
+from writers.manifest import write_manifest
+from writers.tfds_meta import write_tfds_metadata
+n = {n_records} // 5 // 2 * 2
+job = make_job("numerical", "beam_jobs.simulators:gaussian_random_field", {{"size": 64}},
+               [1.0, 2.0], [0.1, 0.1], n, n, 2, {records_per_shard}, {{"train": 0}},
+               (64, 64), 256, 0)
+plan = job.plan()
+metas = []
+for sp in plan:
+    k = sp.n_records
+    rec = np.zeros((k, 5), np.int64)
+    rec[:, 0] = np.repeat(np.arange(sp.first_seed, sp.last_seed + 1), k // (sp.last_seed - sp.first_seed + 1))
+    rec[:, 4] = 16412
+    rec[:, 3] = np.arange(k) * 16412
+    metas.append((sp.to_json(), dict(path=sp.path, count=k, first_seed=sp.first_seed,
+                  last_seed=sp.last_seed, bytes=k * 16412, sha256="0" * 64,
+                  records=rec if ARRAYS else list(map(tuple, rec.tolist())))))
+def rss_mib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) // 1024
+rss0 = rss_mib("VmRSS:")
+try:  # reset the peak (VmHWM) to the current RSS: the step's own peak
+    open("/proc/self/clear_refs", "w").write("5")
+except OSError:
+    pass
+root = tempfile.mkdtemp(prefix="manifest-step-")
+t = time.perf_counter()
+from writers.layout import ShardSpec
+m = job.new_manifest()
+for spec, meta in sorted(metas, key=lambda x: x[0]["path"]):
+    m.add_file(ShardSpec.from_json(spec), FileMeta.from_json(meta))
+write_tfds_metadata(root, m)
+write_manifest(root, m)
+dt = time.perf_counter() - t
+shutil.rmtree(root)
+print(json.dumps({{"records": sum(sp.n_records for sp in plan), "shards": len(plan),
+                  "seconds": round(dt, 2),
+                  "peak_rss_mib": rss_mib("VmHWM:"), "rss_before_step_mib": rss0,
+                  "record_index": "int64 arrays" if ARRAYS else "tuples"}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def checksums(root: str) -> dict:
     """{shard path: sha256} from an archive's manifest."""
     from writers.manifest import read_manifest
@@ -112,6 +181,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the archives")
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="let the pipeline use the user's compilation cache (default: a cold one)",
+    )
+    p.add_argument("--manifest-records", type=int, default=0, help="also time the manifest step")
+    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     import logging
 
@@ -146,6 +222,8 @@ def main(argv=None) -> int:
         if not args.keep:  # the same free disk and page cache for both
             shutil.rmtree(loop_root)
         beam_root = os.path.join(scratch, "beam")
+        if not args.warm_cache:  # a cold cache: the pipeline pays for one compilation
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(scratch, "jax-cache")
         clock = ShardClock(beam_root, {sp.path: sp.n_records for sp in job.plan()})
         start = time.perf_counter()  # end to end, Beam's import and start-up included
         run_generation(
@@ -173,6 +251,10 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+    mb = n_records * 4 * args.size * args.size / 1e6
+    fixed = None
+    if clock.seen:
+        fixed = steady.get("first_shard_after_s", 0) + steady.get("last_shard_to_return_s", 0)
     out = {
         "benchmark": "beam_throughput",
         "simulator": f"gaussian_random_field({args.size})",
@@ -192,12 +274,23 @@ def main(argv=None) -> int:
             **steady,
         },
         "ratio": round(loop_s / beam_s, 3),
+        "data_mb": round(mb, 1),
+        "loop_mb_per_s": round(mb / loop_s, 1),
+        "pipeline_mb_per_s": round(mb / beam_s, 1),
+        "fixed_seconds": None if fixed is None else round(fixed, 2),
+        "fixed_fraction": None if fixed is None else round(fixed / beam_s, 3),
         "byte_identical_shards": identical,
-        "jax_compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+        "jax_compilation_cache": "warm (user cache)" if args.warm_cache else "cold (new dir)",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    print(json.dumps(out, indent=1))
+    if args.manifest_records:
+        out["manifest_step"] = manifest_step(args.manifest_records, args.records_per_shard)
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
     return 0
 
 
