@@ -137,11 +137,20 @@ class TwoPass:
         ``group_bytes`` of input per group."""
         pending = {}
         group = None
+        # Sources that hand out a new array per batch, never written again (archive
+        # streams, the decoded-epoch cache), need no copy: a one-batch group (large
+        # batches: a 64×64 batch of 1000 records is 16 MiB) is a view of the batch
+        # rather than a second buffer of its size (issue 10: part of the growth of a
+        # 5 GB archive's fit, 915 → 646 MiB with the allocator bound).
+        fresh = bool(sources) and all(getattr(s, "fresh_batches", False) for s in sources)
 
         def flush(d):
             items = pending.pop(d)
             positions = np.concatenate([p for p, _ in items])
-            stacked = {f: np.stack([b[f] for _, b in items]) for f in items[0][1]}
+            if fresh and len(items) == 1:
+                stacked = {f: a[None] for f, a in items[0][1].items()}
+            else:
+                stacked = {f: np.stack([b[f] for _, b in items]) for f in items[0][1]}
             return d, positions, stacked
 
         for d, b, positions, batch in self._batches(tag, kind, sources):

@@ -3,8 +3,9 @@
 A :class:`DeviceStream` is the infinite iterator of batches of one device:
 a daemon thread reads its sources' records (:class:`writers.stream_read.Reader`)
 epoch after epoch into a queue of at most ``prefetch`` batches, so memory is
-bounded by ``prefetch + 2`` batches plus, per source, one read buffer and
-one block of decoded records.  Errors in the thread (corrupt or missing
+bounded by ``prefetch + 2`` batches (the queue's, the one being filled, the
+one the consumer holds) plus, per source, one read buffer and one block of
+decoded records (``tests/streaming/test_memory_bound.py`` counts them).  Errors in the thread (corrupt or missing
 file) are raised from ``next()``.
 """
 
@@ -40,6 +41,8 @@ class DeviceStream:
         if n_per_device < 1:
             raise ValueError(f"n_per_device must be >= 1, got {n_per_device}")
         self.n_per_device, self.epoch = n_per_device, epoch
+        #: decoded bytes of one epoch (what keeping it in memory costs)
+        self.epoch_bytes = epoch * _row_bytes(sources, np.dtype(dtype))
         self._queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -69,6 +72,32 @@ class DeviceStream:
             pass
 
 
+def _new_batch(sources, size: int, dtype) -> dict:
+    """Fresh arrays for one batch of ``size`` records (every batch is a new dict of
+    new arrays, never written again once queued: consumers may keep them)."""
+    batch = {}
+    for s in sources:
+        for _, key, typ, shape in s.fields:
+            if key not in batch:
+                batch[key] = (
+                    np.empty((size,), np.int64)
+                    if typ == "int"
+                    else np.empty((size,) + shape, dtype)
+                )
+    return batch
+
+
+def _row_bytes(sources, dtype) -> int:
+    """Decoded bytes of one record of a stream (every batch key once)."""
+    keys = {}
+    for s in sources:
+        for _, key, typ, shape in s.fields:
+            keys.setdefault(
+                key, 8 if typ == "int" else int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            )
+    return sum(keys.values())
+
+
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -87,15 +116,7 @@ def _produce(sources, n, epoch, dtype, q, stop):
                 done = 0
                 while done < epoch and not stop.is_set():
                     size = min(n, epoch - done)
-                    batch = {}
-                    for s in sources:
-                        for _, key, typ, shape in s.fields:
-                            if key not in batch:
-                                batch[key] = (
-                                    np.empty((size,), np.int64)
-                                    if typ == "int"
-                                    else np.empty((size,) + shape, dtype)
-                                )
+                    batch = _new_batch(sources, size, dtype)
                     # Each source checks its records' seeds against the device's
                     # seed range, so zipped sources are matched by seed.
                     for r in readers:

@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from . import fs
+from .allocator import bound_allocator
 from .errors import ArchiveError, LayoutError
 from .layout import MANIFEST_NAME, KindInfo, device_seeds
 from .manifest import Manifest, read_manifest
@@ -67,8 +68,11 @@ def device_streams(
     """Per-kind lists of per-device batch iterators (see module docstring).
 
     Raises :class:`LayoutError` when ``n_devices`` does not divide a kind's
-    seed count.
+    seed count.  Bounds glibc's allocator first (:mod:`writers.allocator`:
+    without it the batch buffers fragment the heaps and memory grows with the
+    archive).
     """
+    bound_allocator()
     m = manifest if manifest is not None else read_manifest(root)
     if split not in m.layout:
         raise ArchiveError(
