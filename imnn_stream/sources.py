@@ -57,22 +57,53 @@ class StreamSource:
     """An infinite iterator of record batches that carry their seed indices
     (``writers.streams.device_streams``): dicts with ``seed``, ``data`` and, by
     kind, ``derivative``/``parameter`` or ``gradient``.
+
+    cache: keep the first complete epoch's decoded batches in host memory and serve
+    every later epoch from them, as ``tf.data.Dataset.cache()`` does; the reader is
+    then closed (``close``, e.g. the device stream's). The cached epoch yields the
+    positions its records carried, so the two-pass order check compares them with
+    the first pass exactly as for a read epoch.
     """
 
+    #: every batch is a new array that the reader never writes again (no copy needed)
+    fresh_batches = True
+
     def __init__(
-        self, iterator: Iterator[dict], kind: str, fields, n_batches: int, n_d: int, n_params: int
+        self,
+        iterator: Iterator[dict],
+        kind: str,
+        fields,
+        n_batches: int,
+        n_d: int,
+        n_params: int,
+        cache: bool = False,
+        close=None,
     ):
         self.it, self.kind, self.fields, self.n_batches = iterator, kind, tuple(fields), n_batches
         self.n_d, self.n_params = n_d, n_params
         self.wait_seconds = 0.0  # time spent blocked on the reader: input not hidden by compute
+        self.cache, self._close = cache, close
+        self.cached = None  # list of (positions, batch) once an epoch is kept
 
     def epoch(self):
+        if self.cached is not None:
+            for positions, batch in self.cached:
+                yield positions, batch, positions
+            return
+        keep = [] if self.cache else None
         for _ in range(self.n_batches):
             t0 = time.perf_counter()
             item = next(self.it)
             self.wait_seconds += time.perf_counter() - t0
             positions = record_positions(self.kind, item, self.n_d, self.n_params)
-            yield positions, {f: item[f] for f in self.fields}, positions
+            batch = {f: item[f] for f in self.fields}
+            if keep is not None:
+                keep.append((positions, batch))
+            yield positions, batch, positions
+        if keep is not None:  # a whole epoch was read: serve the next ones from memory
+            self.cached = keep
+            if self._close is not None:
+                self._close()
 
 
 def fingerprint(arrays) -> bytes:

@@ -45,7 +45,43 @@ def _iterator_sources(mode, kind, iterators, n_devices, n_per_device, argument):
     ]
 
 
-def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params):
+#: default decoded-epoch cache budget: this fraction of MemAvailable
+CACHE_FRACTION = 0.25
+
+
+def default_cache_bytes() -> int:
+    """The default host-memory budget of the decoded-epoch cache:
+    :data:`CACHE_FRACTION` of ``MemAvailable`` (``/proc/meminfo``); 0 where that
+    cannot be read (the cache is then off)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * CACHE_FRACTION)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def cache_budget(cache) -> float:
+    """Bytes the decoded-epoch cache may hold: ``cache`` None → the default
+    (:func:`default_cache_bytes`), False/0 → none, True → no limit, a number →
+    that many bytes."""
+    if cache is None:
+        return float(default_cache_bytes())
+    if isinstance(cache, bool):
+        return float("inf") if cache else 0.0
+    if cache < 0:
+        raise ValueError(f"`cache`: a byte budget ≥ 0 (or None, True, False), got {cache!r}")
+    return float(cache)
+
+
+def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params, budget):
+    """Per-kind per-device StreamSources of one split, and the device streams.
+
+    budget: a one-item list, the cache bytes left; each whole device stream whose
+    decoded epoch fits what is left is cached (in kind order, device order) and
+    its bytes taken from it: streams that do not fit are streamed every epoch."""
     from writers.streams import device_streams, epoch_records
     from writers.manifest import read_manifest
 
@@ -57,10 +93,16 @@ def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, 
             sources[kind] = []  # `remaining` when n_s = n_d
             continue
         n_batches = -(-epoch_records(manifest, split, kind, n_devices) // n_per_device)
-        sources[kind] = [
-            StreamSource(it, kind, mode.fields[kind], n_batches, n_d, n_params)
-            for it in streams[kind]
-        ]
+        sources[kind] = []
+        for it in streams[kind]:
+            cache = it.epoch_bytes <= budget[0]
+            if cache:
+                budget[0] -= it.epoch_bytes
+            sources[kind].append(
+                StreamSource(
+                    it, kind, mode.fields[kind], n_batches, n_d, n_params, cache, close=it.close
+                )
+            )
     return sources, streams
 
 
@@ -85,10 +127,18 @@ class _Streaming:
         n_summaries=None,
         validation=True,
         prefetch=2,
+        cache=None,
     ):
         """Stream training (and, if present and ``validation``, validation) data from
         the archive at ``path`` (local path or URL), laid out over ``devices``
-        (any count that divides the archive's counts)."""
+        (any count that divides the archive's counts).
+
+        cache: host-memory budget in bytes for decoded epochs (as
+        ``tf.data.Dataset.cache()``): every per-device stream whose decoded epoch
+        fits what is left of it (training streams first, then validation) is kept
+        in memory after its first epoch and no longer read; the others are streamed
+        every pass. None (default): 25 % of MemAvailable; 0 or False: off; True:
+        no limit. The two-pass order check applies to cached epochs unchanged."""
         from writers.manifest import read_manifest
 
         m = read_manifest(path)
@@ -114,14 +164,12 @@ class _Streaming:
         mode = self._make_mode(m)
         _aggregation(self, host, devices, n_per_device)
         n = len(self.devices)
-        train, self._streams = _archive_sources(
-            path, "train", mode, n, self.n_per_device, prefetch, self.n_d, self.n_params
-        )
+        budget = [cache_budget(cache)]
+        args = (mode, n, self.n_per_device, prefetch, self.n_d, self.n_params, budget)
+        train, self._streams = _archive_sources(path, "train", *args)
         val, val_streams = (None, {})
         if validation and "validation" in m.splits:
-            val, val_streams = _archive_sources(
-                path, "validation", mode, n, self.n_per_device, prefetch, self.n_d, self.n_params
-            )
+            val, val_streams = _archive_sources(path, "validation", *args)
         self._streams = [self._streams, val_streams]
         self._configure(mode, self._stream_strategy(mode, train, val))
         return self

@@ -108,6 +108,13 @@ class FitConfig:
     n_summaries: int | None = _opt(
         "--n-summaries", "summaries (default: n_params)", type=_int_at_least(1)
     )
+    cache_mib: int | None = _opt(
+        "--cache-mib",
+        "host memory (MiB) for decoded epochs kept after the first: per-device streams "
+        "that fit are read once, the rest every pass; 0 disables (default: 25 %% of "
+        "MemAvailable)",
+        type=_int_at_least(0),
+    )
     max_iterations: int = _opt("--max-iterations", "iteration limit", 2000, type=_int_at_least(1))
     patience: int = _opt(
         "--patience",
@@ -270,6 +277,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
         devices=devices,
         n_per_device=c.n_per_device,
         n_summaries=n_summaries,
+        cache=None if c.cache_mib is None else c.cache_mib << 20,
     )
     imnn.identity = fit_identity(archive, c)
     try:
