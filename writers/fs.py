@@ -118,6 +118,41 @@ def _store(path: str):
     return _clients[scheme]
 
 
+def _range_fetcher(store, path: str):
+    """``fetch(start, end) -> bytes`` of one object by ranged GETs, for the
+    read-ahead reader (:mod:`writers.readahead`); None when it is turned off
+    (``IMNN_STREAM_READ_AHEAD=0``) or the client is not one we know."""
+    from . import readahead
+
+    if not readahead.enabled():
+        return None
+    scheme, rest = str(path).split("://", 1)
+    bucket, _, key = rest.partition("/")
+    if scheme.lower() == "gs":
+        client = getattr(store, "client", None)
+        if client is None or not hasattr(client, "bucket"):
+            return None
+        gcs_bucket = client.bucket(bucket)
+
+        def fetch(start: int, end: int) -> bytes:
+            # a new Blob per call: downloads update the object's properties
+            return gcs_bucket.blob(key).download_as_bytes(
+                start=start, end=end - 1, checksum=None, raw_download=True
+            )
+
+        return fetch
+    boto = getattr(getattr(store, "client", None), "client", None)  # Beam's wrapper's boto3
+    if boto is None or not hasattr(boto, "get_object"):
+        return None
+
+    def fetch(start: int, end: int) -> bytes:  # boto3 clients are thread-safe
+        body = boto.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+        with contextlib.closing(body):
+            return body.read()
+
+    return fetch
+
+
 def _uncompressed():
     from apache_beam.io.filesystem import CompressionTypes
 
@@ -161,6 +196,11 @@ def open_read(path: str, buffer_size: int = 1 << 20):
     if store is not None:
         if not store.exists(path):
             raise MissingFileError("file does not exist", path)
+        fetch = _range_fetcher(store, path)
+        if fetch is not None:
+            from .readahead import RangedReader
+
+            return RangedReader(fetch, store.size(path), path)
         return store.open(path, "rb", read_buffer_size=buffer_size * 8)
     if is_url(path):
         fs = _beam()
