@@ -326,6 +326,8 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
             str(args.iterations),
             "--min-iterations",
             str(args.iterations),
+            "--cache-mib",
+            str(args.cache_mib),
             "--out",
             str(work / f"{label}_run"),
         ],
@@ -452,6 +454,13 @@ def main(argv=None) -> int:
         "--scale-down, so that the small one still fills whole groups)",
     )
     p.add_argument("--model", default="cnn:8,16", help="small CNN by default")
+    p.add_argument(
+        "--cache-mib",
+        type=int,
+        default=0,
+        help="the fit's decoded-epoch cache (default 0: every pass is read from disk, "
+        "which is what this measures; a cache would hold the small archive in memory)",
+    )
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--records-per-shard", type=int, default=1000)
     p.add_argument(

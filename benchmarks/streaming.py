@@ -2,12 +2,16 @@
 peak memory against archive size, and the time spent waiting for input. Prints JSON.
 
     python benchmarks/streaming.py speed  [--problem toy|field] [--iterations 20]
+    python benchmarks/streaming.py toy-numerical      # speed, toy problem, numerical only
     python benchmarks/streaming.py memory [--scales 1,4,16]
+    python benchmarks/streaming.py growth             # host bytes per record that grow with n_s
     python benchmarks/streaming.py all
 
 speed: seconds per iteration (after compilation, page-cached archive) of the
 in-memory, aggregated and streaming trainers, numerical and gradient modes, and
-the fraction of streaming iterations spent blocked on the readers.
+the fraction of streaming iterations spent blocked on the readers; streaming
+twice: every pass read from the archive (``cache=0``) and with the decoded-epoch
+cache (``cache=True``: the first epoch is read, the next ones replayed from memory).
   toy:   10-draw Gaussian, n_s = n_d = 1000, MLP 128-128, 2 devices × 100
   field: 32×32 Gaussian random field, θ = (A, B) = (1, 2), n_s = n_d = 500,
          small CNN, 2 devices × 50
@@ -79,7 +83,7 @@ def model_for(problem):
     return im.models.mlp((128, 128), 2) if problem == "toy" else im.models.cnn((8, 16), 64, 2)
 
 
-def speed(problem, iterations):
+def speed(problem, iterations, modes=("numerical", "gradient")):
     import jax
     import optax
     import imnn_stream as im
@@ -129,12 +133,13 @@ def speed(problem, iterations):
             key_or_state=jax.random.PRNGKey(0),
         )
 
-    def archive(cls, name):
+    def archive(cls, name, cache):
         return cls.from_archive(
             os.path.join(tmp, name),
             model=model_for(problem),
             optimiser=optax.adam(1e-3),
             key_or_state=jax.random.PRNGKey(0),
+            cache=cache,
             **agg,
         )
 
@@ -144,16 +149,20 @@ def speed(problem, iterations):
         "numerical": {
             "in_memory": lambda: im.NumericalGradientIMNN(**kw(), **num),
             "aggregated": lambda: im.AggregatedNumericalGradientIMNN(**kw(), **num, **agg),
-            "streaming": lambda: archive(im.DatasetNumericalGradientIMNN, "num"),
+            "streaming": lambda: archive(im.DatasetNumericalGradientIMNN, "num", 0),
+            "streaming_cached": lambda: archive(im.DatasetNumericalGradientIMNN, "num", True),
         },
         "gradient": {
             "in_memory": lambda: im.GradientIMNN(**kw(), **grad),
             "aggregated": lambda: im.AggregatedGradientIMNN(**kw(), **grad, **agg),
-            "streaming": lambda: archive(im.DatasetGradientIMNN, "grad"),
+            "streaming": lambda: archive(im.DatasetGradientIMNN, "grad", 0),
+            "streaming_cached": lambda: archive(im.DatasetGradientIMNN, "grad", True),
         },
     }
     out = {}
     for mode, classes in makers.items():
+        if mode not in modes:
+            continue
         res = {}
         for strategy, make in classes.items():
             imnn = make()
@@ -180,6 +189,10 @@ def speed(problem, iterations):
         )
         res["streaming_over_aggregated"] = (
             res["streaming"]["seconds_per_iteration"] / res["aggregated"]["seconds_per_iteration"]
+        )
+        res["streaming_cached_over_in_memory"] = (
+            res["streaming_cached"]["seconds_per_iteration"]
+            / res["in_memory"]["seconds_per_iteration"]
         )
         out[mode] = res
         print(problem, mode, json.dumps(res), file=sys.stderr, flush=True)
@@ -220,6 +233,7 @@ def memory_child(path, iterations):
         host=devices[0],
         devices=devices,
         n_per_device=50,
+        cache=0,  # streaming memory: every pass read (the cache would grow with the archive)
     )
     t0 = time.perf_counter()
     imnn.fit(10.0, 0.1, min_iterations=iterations, patience=iterations, max_iterations=iterations)
@@ -227,6 +241,57 @@ def memory_child(path, iterations):
     return dict(
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         seconds_per_iteration=(time.perf_counter() - t0) / iterations,
+    )
+
+
+def growth(sizes):
+    """What grows with n_s in a streaming (cache off) numerical fit, measured with
+    tracemalloc (host allocations: NumPy arrays and Python objects) on the toy problem:
+    bytes held between iterations (the order check's record of the first pass) and
+    the peak within one ``loss_gradient`` call (pass-1 outputs, positions,
+    cotangents), per record read (n_s fiducial + 2·n_params·n_d derivative)."""
+    import tracemalloc
+
+    import jax
+    import optax
+    import imnn_stream as im
+    from writers.archive import write_arrays
+
+    devices = jax.devices("cpu")[:2]
+    tmp = tempfile.mkdtemp()
+    rows = {}
+    for n in sizes:
+        θ, δθ, f, d, _ = problem_data("toy", n, 0)
+        path = os.path.join(tmp, f"n{n}")
+        write_arrays(path, "numerical", θ, δθ, fiducial=f, derivative=d, n_devices=2)
+        imnn = im.DatasetNumericalGradientIMNN.from_archive(
+            path,
+            model=model_for("toy"),
+            optimiser=optax.adam(1e-3),
+            key_or_state=jax.random.PRNGKey(0),
+            host=devices[0],
+            devices=devices,
+            n_per_device=100,
+            cache=0,
+        )
+        imnn.loss_gradient(10.0, 0.1)  # compile
+        imnn._strategy.engine.forget("train")
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        imnn.loss_gradient(10.0, 0.1)
+        held, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        imnn.close()
+        records = n + 2 * 2 * n
+        rows[n] = dict(records=records, held_bytes=held - base, peak_bytes=peak - base)
+    a, b = rows[min(rows)], rows[max(rows)]
+    dr = b["records"] - a["records"]
+    return dict(
+        problem="toy (10 floats per record), numerical, n_summaries = n_params = 2",
+        sizes=rows,
+        held_bytes_per_record=(b["held_bytes"] - a["held_bytes"]) / dr,
+        peak_bytes_per_record=(b["peak_bytes"] - a["peak_bytes"]) / dr,
     )
 
 
@@ -260,7 +325,9 @@ def memory(scales, iterations):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["speed", "memory", "all", "_memory_child"])
+    p.add_argument(
+        "what", choices=["speed", "toy-numerical", "memory", "growth", "all", "_memory_child"]
+    )
     p.add_argument("rest", nargs="*")
     p.add_argument("--problem", default="both")
     p.add_argument("--iterations", type=int, default=20)
@@ -271,9 +338,13 @@ def main():
         print(json.dumps(memory_child(a.rest[0], int(a.rest[1]))))
         return
     result = {}
+    if a.what == "toy-numerical":
+        result["speed"] = [speed("toy", a.iterations, modes=("numerical",))]
     if a.what in ("speed", "all"):
         problems = ["toy", "field"] if a.problem == "both" else [a.problem]
         result["speed"] = [speed(pr, a.iterations) for pr in problems]
+    if a.what == "growth":
+        result["growth"] = growth([2000, 8000])
     if a.what in ("memory", "all"):
         result["memory"] = memory([int(s) for s in a.scales.split(",")], 3)
     print(json.dumps(result, indent=2))
