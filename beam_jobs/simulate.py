@@ -54,6 +54,7 @@ __all__ = [
 BUILTIN_SIMULATORS = {
     "toy": "beam_jobs.simulators:gaussian_toy",
     "grf": "beam_jobs.simulators:gaussian_random_field",
+    "lognormal": "beam_jobs.simulators:lognormal",
 }
 #: shortcuts that name a factory, called with its defaults when no configuration is given
 BUILTIN_FACTORIES = ("grf",)

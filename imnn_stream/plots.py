@@ -40,7 +40,14 @@ def plot_history(
         ax[2].plot(it, history[prefix + "Λ2"], ls, color=colour, label=f"Λ2 ({name})")
         ax[2].plot(it, history[prefix + "r"], ls, color=colour, alpha=0.5, label=f"r ({name})")
     if expected_detF is not None:
-        ax[0].axhline(expected_detF, color="k", ls=":", label=f"expected det F = {expected_detF:g}")
+        m = np.asarray(history["max_detF"], float)
+        best = m[np.isfinite(m)].max() if np.isfinite(m).any() else np.nan
+        ax[0].axhline(
+            expected_detF,
+            color="k",
+            ls=":",
+            label=f"expected det F = {expected_detF:g} (best {best / expected_detF:.0%})",
+        )
     ax[0].set_ylabel(r"$|\mathbf{F}|$")
     ax[1].set_ylabel(r"$|\mathbf{C}|$, $|\mathbf{C}^{-1}|$")
     ax[1].axhline(1, color="k", ls=":")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import checks, fisher
+from . import checks, fisher, information
 from .checkpoint import Checkpoint, portable, restore_portable, write_file
 from .fisher import estimate
 from .loop_state import COLUMNS as _COLUMNS
@@ -42,7 +42,15 @@ class Trainer:
     ``(init, apply)``; optimiser: optax transformation or ``(init, update,
     get_params)``; key_or_state: a PRNG key to initialise the network, or an
     optimiser state to continue from.
+
+    Every subclass's constructor, ``fit`` and ``loss_gradient`` also take the Greek
+    names in ASCII: ``theta_fid``, ``delta_theta``, ``lam``, ``eps``
+    (:func:`imnn_stream.checks.ascii_aliases`).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        checks.accept_ascii_names(cls)
 
     def __init__(
         self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
@@ -126,6 +134,7 @@ class Trainer:
         checkpoint_every=None,
         resume=False,
         allow_pickle=False,
+        expected_detF=None,
     ):
         """Fit the network by maximising log det F with the covariance regulariser.
 
@@ -146,7 +155,12 @@ class Trainer:
         fit's arguments and :attr:`identity`; resuming with any difference is a
         ValueError listing them, and a checkpoint of a fit that had stopped
         iterates no more. ``allow_pickle``: also resume from a 0.1.0 pickle.
+        ``expected_detF``: the exact det F, when known: the history gets
+        ``detF_fraction`` / ``val_detF_fraction`` and the bar shows the fraction
+        (kept for later fits; see :mod:`imnn_stream.information`).
         """
+        if expected_detF is not None:
+            self.expected_detF = float(expected_detF)
         α = fisher.alpha(λ, ϵ)
         λ = float(λ)
         patience = checks.positive_int(patience, "patience", minimum=0)
@@ -229,6 +243,9 @@ class Trainer:
     #: what a checkpoint must match besides the fit's arguments (the command line
     #: puts the archive's manifest digest, model and optimiser specs, devices here)
     identity: dict = {}
+    #: exact det F when known (``fit(expected_detF=…)``); Hartlap factor of the statistics
+    expected_detF = None
+    hartlap = 1.0
 
     @property
     def _needs_rng(self):
@@ -252,6 +269,7 @@ class Trainer:
         rows = np.asarray(rows, np.float32).reshape(-1, len(_COLUMNS))
         for c, k in enumerate(_COLUMNS):
             self.history[k] = np.concatenate([self.history[k], rows[:, c]])
+        information.update_fractions(self.history, self.expected_detF)
         if print_rate is not None and len(rows):
             last = rows[-1]
             post = {"detF": f"{last[0]:.3g}"}
@@ -259,6 +277,8 @@ class Trainer:
                 post["val_detF"] = f"{last[len(HISTORY_KEYS)]:.3g}"
             if seconds is not None:
                 post["s/it"] = f"{seconds:.3g}"
+            val = last[len(HISTORY_KEYS)] if self.validate else None
+            information.fraction_postfix(post, last[0], val, self.expected_detF)
             bar.set_postfix(post, refresh=False)
             bar.update(len(rows))
 
@@ -421,6 +441,7 @@ class Trainer:
         )
         self.F, self.C, self.invC, self.dμ_dθ, self.μ = F, C, invC, dμ_dθ, μ
         self.invF = np.linalg.inv(F)
+        self.hartlap = information.hartlap_factor(len(x), self.n_summaries)
         return self
 
     def get_estimate(self, d):

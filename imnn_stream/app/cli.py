@@ -91,6 +91,7 @@ def cmd_infer(args, extra):
         max_rounds=args.max_rounds,
         tolerance=args.tolerance,
         warm_start=not args.no_warm_start,
+        exact_fisher=args.exact_fisher,
         beam_args=extra,
         progress=True,
     )
@@ -212,6 +213,13 @@ def build_parser():
         help="stop when every |θ̂ − θ_fid| < tolerance × Fisher σ",
     )
     p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument(
+        "--exact-fisher",
+        default=None,
+        help="module:function giving the exact Fisher matrix F(θ), when known: rounds "
+        "report det F / det F_exact (default: the simulator's own; toy, grf and "
+        "lognormal have one)",
+    )
     p.add_argument("--posterior-samples", type=int, default=10000)
     p.add_argument("--abc", type=int, default=0, help="rejection-ABC prior draws (0: none)")
     p.add_argument("--abc-accept", type=float, default=0.02)

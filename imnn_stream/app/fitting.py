@@ -150,8 +150,12 @@ class FitConfig:
         False,
         action="store_true",
     )
-    expected_detF: float | None = field(default=None, metadata=dict(flag=None))
-    """det F drawn on the history plot (the demo's exact 50); not a command-line option."""
+    expected_detF: float | None = _opt(
+        "--expected-detF",
+        "the exact det F, when known: the progress bar, history, plot and summary show "
+        "det F / expected (the fraction of the information kept)",
+        type=_number,
+    )
 
     def replace(self, **changes) -> "FitConfig":
         return dataclasses.replace(self, **changes)
@@ -293,6 +297,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
             checkpoint_every=c.checkpoint_every,
             resume=c.resume,
             allow_pickle=c.trust_pickle,
+            expected_detF=c.expected_detF,
         )
     finally:
         imnn.close()

@@ -52,6 +52,14 @@ class InferenceLoop:
     round r initialises the network from ``fit.seed + r`` (or warm-starts from the
     previous round's weights), checkpoints every ``max(1, fit.max_iterations // 20)``
     iterations unless ``fit.checkpoint_every`` says otherwise, and resumes.
+
+    exact_fisher: ``F(θ) -> float(n_params, n_params)``, a callable or a
+    "module:function" name, when the exact Fisher information is known (default: the
+    simulator's ``fisher`` attribute, which the built-in simulators have). Each
+    round then reports det F / det F_exact at its θ_fid (``detF_fraction``) in its
+    progress bar, history, plot, run summary and round row. Every round reports the
+    Hartlap-corrected ``F_hartlap`` (see :mod:`imnn_stream.information`); its σ, the
+    convergence test and :meth:`final` use it.
     """
 
     out: str
@@ -70,6 +78,7 @@ class InferenceLoop:
     warm_start: bool = True
     beam_args: list = field(default_factory=list)
     progress: bool = False
+    exact_fisher: object = None
 
     def __post_init__(self):
         n = len(self.theta_start)
@@ -148,6 +157,9 @@ class InferenceLoop:
             checkpoint_every=self.fit.checkpoint_every or max(1, self.fit.max_iterations // 20),
             resume=True,
         )
+        exact = self._exact_fisher()
+        if exact is not None:
+            config = config.replace(expected_detF=float(np.linalg.det(exact(np.asarray(θ_fid)))))
         key = jax.random.PRNGKey(self.seed + r)
         imnn, _ = fit_archive(
             archive,
@@ -163,20 +175,37 @@ class InferenceLoop:
         estimates = imnn.get_estimate(target)
         θ_hat = estimates.mean(0)
         F = np.asarray(imnn.F, float)
+        F_hartlap = F * imnn.hartlap
         row = dict(
             round=r,
             θ_fid=list(map(float, θ_fid)),
             θ_hat=θ_hat.tolist(),
             F=F.tolist(),
             n_target=len(target),
-            σ=np.sqrt(np.diag(np.linalg.inv(F))).tolist(),
+            F_hartlap=F_hartlap.tolist(),
+            σ=np.sqrt(np.diag(np.linalg.inv(F_hartlap))).tolist(),
             val_detF=float(np.linalg.det(F)),
+            expected_detF=config.expected_detF,
+            detF_fraction=None
+            if config.expected_detF is None
+            else float(np.linalg.det(F)) / config.expected_detF,
             iterations=int(len(imnn.history["detF"])),
             seconds=time.perf_counter() - t0,
             seeds=seeds,
         )
         _write_json(os.path.join(d, "round.json"), row)
         return row, imnn.w
+
+    def _exact_fisher(self):
+        """The exact Fisher function, or None when unknown."""
+        if callable(self.exact_fisher):
+            return self.exact_fisher
+        from beam_jobs.simulate import SimulatorSpec, load_simulator
+
+        if isinstance(self.exact_fisher, str):
+            return load_simulator(SimulatorSpec(self.exact_fisher))
+        sim = load_simulator(SimulatorSpec(self.simulator, self.simulator_config))
+        return getattr(sim, "fisher", None)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -232,7 +261,13 @@ class InferenceLoop:
             row, previous = self._round(len(rows), θ_fid, previous)
             log(
                 f"round {row['round']}: θ̂ = {np.round(row['θ_hat'], 4).tolist()} ± "
-                f"{np.round(row['σ'], 4).tolist()} (det F = {row['val_detF']:.3g}, "
+                f"{np.round(row['σ'], 4).tolist()} (det F = {row['val_detF']:.3g}"
+                + (
+                    ""
+                    if row.get("detF_fraction") is None
+                    else f" = {row['detF_fraction']:.0%} of the exact"
+                )
+                + ", "
                 f"{row['seconds']:.0f} s)"
             )
             rows.append(row)
@@ -260,6 +295,7 @@ class InferenceLoop:
             **{f"theta_hat_{a}": [r["θ_hat"][a] for r in rows] for a in range(n)},
             **{f"sigma_{a}": [r["σ"][a] for r in rows] for a in range(n)},
             "val_detF": [r["val_detF"] for r in rows],
+            "detF_fraction": [r.get("detF_fraction") for r in rows],
             "seconds": [r["seconds"] for r in rows],
         }
         buf = io.BytesIO()
@@ -269,14 +305,15 @@ class InferenceLoop:
             plot_path(rows, os.path.join(self.out, "path.png"))
 
     def final(self):
-        """(θ̂ float(n_params,), F of one realisation, run folder) of the last round."""
+        """(θ̂ float(n_params,), F of one realisation (Hartlap-corrected), run folder) of
+        the last round."""
         rows = self.rounds()
         if not rows:
             raise InferenceError(f"{self.out}: no finished round")
         last = rows[-1]
         return (
             np.asarray(last["θ_hat"]),
-            np.asarray(last["F"]),
+            np.asarray(last.get("F_hartlap", last["F"])),
             os.path.join(self._round_dir(last["round"]), "run"),
         )
 

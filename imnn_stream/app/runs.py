@@ -5,7 +5,8 @@ RUN/config.json   how to rebuild the network: model spec, n_summaries, θ_fid, i
 RUN/imnn.npz      Trainer.save: weights, optimiser state, statistics, history (arrays +
                   JSON, no pickle: see :mod:`imnn_stream.checkpoint`)
 RUN/history.png   the training history plot
-RUN/summary.json  det F (training, best validation), iterations, seconds
+RUN/summary.json  det F (training, best validation, Hartlap-corrected; fractions of the
+                  expected det F when known; warnings), iterations, seconds
 RUN/checkpoint/   the fit's checkpoint (kept across commits)
 
 A run folder is committed as a whole: the files are written into a sibling
@@ -32,6 +33,7 @@ import numpy as np
 from .. import models
 from ..checkpoint import load_weights
 from ..fisher import estimate
+from ..information import information_summary
 
 __all__ = ["save_run", "FittedIMNN", "load_inputs", "run_lock", "commit_folder", "WEIGHTS"]
 
@@ -121,6 +123,9 @@ def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_det
         final_training_detF=float(h["detF"][-1]) if len(h["detF"]) else None,
         best_detF=float(h["max_detF"][-1]) if len(h["max_detF"]) else None,
     )
+    if expected_detF is None:
+        expected_detF = getattr(imnn, "expected_detF", None)
+    summary.update(information_summary(imnn, expected_detF))
     try:
         os.makedirs(tmp)
         _write_file(
