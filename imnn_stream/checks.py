@@ -3,12 +3,75 @@ names the argument, what was expected and what was received."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
+import unicodedata
 
 import jax
 import numpy as np
 
-__all__ = ["positive_int", "shape_tuple", "vector", "array", "device_list", "is_key"]
+__all__ = [
+    "positive_int",
+    "shape_tuple",
+    "vector",
+    "array",
+    "device_list",
+    "is_key",
+    "ASCII_NAMES",
+    "ascii_aliases",
+    "accept_ascii_names",
+    "AsciiNames",
+]
+
+#: ASCII keyword spellings of the seed's Greek argument names (also the command
+#: line's and FitConfig's: see :mod:`imnn_stream.app.fitting`)
+ASCII_NAMES = {"theta_fid": "θ_fid", "delta_theta": "δθ", "lam": "λ", "eps": "ϵ"}
+
+
+def ascii_aliases(fn):
+    """Let ``fn`` also take its Greek keyword arguments by their ASCII names
+    (:data:`ASCII_NAMES`): ``fit(lam=10, eps=0.1)`` is ``fit(λ=10, ϵ=0.1)``. Giving
+    both spellings of one argument (by keyword, or one of them by position) is a
+    TypeError naming both."""
+    params = list(inspect.signature(fn).parameters)
+    # Python reads identifiers NFKC-normalised: the ϵ of the source is the name ε
+    aliases = {
+        a: unicodedata.normalize("NFKC", g)
+        for a, g in ASCII_NAMES.items()
+        if unicodedata.normalize("NFKC", g) in params and a not in params
+    }
+    if not aliases:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for ascii_name, greek in aliases.items():
+            if ascii_name not in kwargs:
+                continue
+            given = kwargs.keys() & {greek, ASCII_NAMES[ascii_name]}
+            if given or len(args) > params.index(greek):
+                raise TypeError(
+                    f"{fn.__qualname__}() got `{ASCII_NAMES[ascii_name]}` and `{ascii_name}`, "
+                    "two spellings of the same argument: pass one of them"
+                )
+            kwargs[greek] = kwargs.pop(ascii_name)
+        if ASCII_NAMES["eps"] in kwargs and "ε" in aliases.values():  # ϵ given via **{...}
+            kwargs["ε"] = kwargs.pop(ASCII_NAMES["eps"])
+        return fn(*args, **kwargs)
+
+    wrapper.__ascii_aliases__ = True
+    return wrapper
+
+
+def accept_ascii_names(cls, methods=("__init__", "fit", "loss_gradient")):
+    """Wrap ``cls``'s ``methods`` (own or inherited) with :func:`ascii_aliases`,
+    once each (a trainer class calls this for every subclass)."""
+    for name in methods:
+        f = cls.__dict__.get(name) or getattr(cls, name, None)
+        if callable(f) and not getattr(f, "__ascii_aliases__", False):
+            setattr(cls, name, ascii_aliases(f))
+    return cls
 
 
 def positive_int(value, name, minimum=1):
@@ -80,3 +143,13 @@ def is_key(value) -> bool:
         return value.shape == ()
     a = np.asarray(value) if isinstance(value, (np.ndarray, jax.Array)) else None
     return a is not None and a.shape == (2,) and a.dtype == np.uint32
+
+
+class AsciiNames:
+    """Base class (of :class:`imnn_stream.trainer.Trainer`): the class and every
+    subclass take ``theta_fid``, ``delta_theta``, ``lam``, ``eps`` in their
+    constructor, ``fit`` and ``loss_gradient`` (:func:`accept_ascii_names`)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        accept_ascii_names(cls)

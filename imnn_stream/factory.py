@@ -3,7 +3,7 @@ that fits the arguments, or say precisely why none does."""
 
 from __future__ import annotations
 
-from . import classes
+from . import checks, classes
 
 __all__ = ["IMNN"]
 
@@ -12,6 +12,7 @@ def _is_iterators(x):
     return isinstance(x, list)
 
 
+@checks.ascii_aliases
 def IMNN(
     n_s,
     n_d,
@@ -46,6 +47,7 @@ def IMNN(
     fiducial + derivative lists of per-device iterators with δθ →
     DatasetNumericalGradientIMNN; main + remaining lists → DatasetGradientIMNN.
     host, devices and n_per_device (all three) select the aggregated/dataset classes.
+    θ_fid and δθ may be passed as ``theta_fid`` and ``delta_theta``.
     """
     common = dict(
         n_s=n_s,

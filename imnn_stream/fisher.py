@@ -13,6 +13,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from .checks import ascii_aliases
+
 __all__ = [
     "mean",
     "covariance",
@@ -75,6 +77,7 @@ def regularisation_strength(Λ2, λ, α):
     return λ * Λ2 / (Λ2 + jnp.exp(-α * Λ2))
 
 
+@ascii_aliases
 def alpha(λ: float, ϵ: float) -> float:
     """α(λ, ϵ) = −ln(ϵ(λ − 1) + ϵ²/(1 + ϵ)) / ϵ, the sharpness of r(Λ2).
 

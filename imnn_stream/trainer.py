@@ -33,7 +33,7 @@ class NonFiniteError(FloatingPointError):
     """Summaries, their derivatives or the loss became NaN or infinite."""
 
 
-class Trainer:
+class Trainer(checks.AsciiNames):
     """Common IMNN machinery. Subclasses call :meth:`_configure` with a mode and
     a strategy at the end of their ``__init__``.
 
@@ -42,15 +42,7 @@ class Trainer:
     ``(init, apply)``; optimiser: optax transformation or ``(init, update,
     get_params)``; key_or_state: a PRNG key to initialise the network, or an
     optimiser state to continue from.
-
-    Every subclass's constructor, ``fit`` and ``loss_gradient`` also take the Greek
-    names in ASCII: ``theta_fid``, ``delta_theta``, ``lam``, ``eps``
-    (:func:`imnn_stream.checks.ascii_aliases`).
     """
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        checks.accept_ascii_names(cls)
 
     def __init__(
         self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
