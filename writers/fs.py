@@ -120,12 +120,8 @@ def _store(path: str):
 
 def _range_fetcher(store, path: str):
     """``fetch(start, end) -> bytes`` of one object by ranged GETs, for the
-    read-ahead reader (:mod:`writers.readahead`); None when it is turned off
-    (``IMNN_STREAM_READ_AHEAD=0``) or the client is not one we know."""
-    from . import readahead
-
-    if not readahead.enabled():
-        return None
+    read-ahead reader (:mod:`writers.readahead`); None when the client is not
+    one we know."""
     scheme, rest = str(path).split("://", 1)
     bucket, _, key = rest.partition("/")
     if scheme.lower() == "gs":
@@ -196,11 +192,16 @@ def open_read(path: str, buffer_size: int = 1 << 20):
     if store is not None:
         if not store.exists(path):
             raise MissingFileError("file does not exist", path)
-        fetch = _range_fetcher(store, path)
-        if fetch is not None:
-            from .readahead import RangedReader
+        from . import readahead
 
-            return RangedReader(fetch, store.size(path), path)
+        fetch = _range_fetcher(store, path)
+        if fetch is not None and (readahead.enabled() or not str(path).startswith("gs://")):
+            # s3:// never goes through Beam's S3IO reader: its client keeps one
+            # download stream for every file, and reader threads sharing it read
+            # each other's bytes (the stream's CRC checks caught it); without
+            # read-ahead it reads one chunk at a time instead
+            ahead = None if readahead.enabled() else 0
+            return readahead.RangedReader(fetch, store.size(path), path, ahead=ahead)
         return store.open(path, "rb", read_buffer_size=buffer_size * 8)
     if is_url(path):
         fs = _beam()
