@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 
 import optax
 
-__all__ = ["Optimiser", "as_optimiser", "from_spec"]
+__all__ = ["Optimiser", "as_optimiser", "from_spec", "transformation_from_spec", "ramped"]
 
 
 class Optimiser(NamedTuple):
@@ -61,6 +61,28 @@ def as_optimiser(optimiser, argument: str = "optimiser") -> Optimiser:
 
 def from_spec(spec: str) -> Optimiser:
     """``name:learning_rate`` for any optax optimiser taking a learning rate, e.g. ``adam:1e-3``."""
+    return _from_optax(transformation_from_spec(spec))
+
+
+def ramped(tx: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """``tx`` with its updates scaled by min(1, (t + 1)/steps) over its first ``steps``
+    updates: a learning-rate ramp from ~0 for warm starts.
+
+    A trained network given a fresh Adam state moves every weight by about the learning
+    rate at once (Adam's first steps are ±lr whatever the gradient's size) and loses
+    much of what it learnt; ramped, the moments settle while the steps are still small.
+    """
+    if steps <= 1:
+        return tx
+    import jax.numpy as jnp
+
+    return optax.chain(
+        tx, optax.scale_by_schedule(lambda count: jnp.minimum(1.0, (count + 1.0) / steps))
+    )
+
+
+def transformation_from_spec(spec: str) -> optax.GradientTransformation:
+    """The optax transformation of a ``name:learning_rate`` spec."""
     name, _, lr = spec.partition(":")
     factory = getattr(optax, name, None)
     if factory is None or not callable(factory):
@@ -69,4 +91,4 @@ def from_spec(spec: str) -> Optimiser:
         rate = float(lr) if lr else 1e-3
     except ValueError:
         raise ValueError(f"optimiser spec {spec!r}: learning rate {lr!r} is not a number") from None
-    return _from_optax(factory(rate))
+    return factory(rate)

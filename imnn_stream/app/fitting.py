@@ -125,6 +125,14 @@ class FitConfig:
     min_iterations: int = _opt(
         "--min-iterations", "iterations before early stopping may stop", 100, type=_int_at_least(0)
     )
+    warm_start_ramp: int = _opt(
+        "--warm-start-ramp",
+        "a warm-started fit (infer rounds after the first) ramps the learning rate up from "
+        "~0 over this many iterations, so that a fresh optimiser state does not throw the "
+        "trained network off; it then runs at least ramp + patience iterations (0: no ramp)",
+        100,
+        type=_int_at_least(0),
+    )
     seed: int = _opt("--seed", "network initialisation seed", 0)
     checkpoint_every: int | None = _opt(
         "--checkpoint-every",
@@ -270,7 +278,9 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     c = config
     n_summaries = c.n_summaries or m.n_params
     devices = _devices(c.devices)
-    opt = optimisers.from_spec(c.optimiser)
+    tx = optimisers.transformation_from_spec(c.optimiser)
+    warm = weights is not None
+    opt = optimisers.as_optimiser(optimisers.ramped(tx, c.warm_start_ramp) if warm else tx)
     key = jax.random.PRNGKey(c.seed) if key is None else key
     imnn = cls.from_archive(
         archive,
@@ -290,7 +300,9 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
             c.eps,
             rng=jax.random.PRNGKey(c.seed + 1) if rng is None else rng,
             patience=c.patience,
-            min_iterations=c.min_iterations,
+            min_iterations=max(c.min_iterations, c.warm_start_ramp + c.patience)
+            if warm
+            else c.min_iterations,
             max_iterations=c.max_iterations,
             print_rate=max(1, c.max_iterations // 100) if progress else None,
             checkpoint_dir=checkpoint_dir or os.path.join(out, "checkpoint"),
