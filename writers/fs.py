@@ -195,12 +195,13 @@ def open_read(path: str, buffer_size: int = 1 << 20):
         from . import readahead
 
         fetch = _range_fetcher(store, path)
-        if fetch is not None and (readahead.enabled() or not str(path).startswith("gs://")):
+        scheme = str(path).split("://", 1)[0].lower()
+        if fetch is not None and (readahead.enabled(scheme) or scheme == "s3"):
             # s3:// never goes through Beam's S3IO reader: its client keeps one
             # download stream for every file, and reader threads sharing it read
             # each other's bytes (the stream's CRC checks caught it); without
             # read-ahead it reads one chunk at a time instead
-            ahead = None if readahead.enabled() else 0
+            ahead = None if readahead.enabled(scheme) else 0
             return readahead.RangedReader(fetch, store.size(path), path, ahead=ahead)
         return store.open(path, "rb", read_buffer_size=buffer_size * 8)
     if is_url(path):

@@ -9,8 +9,8 @@ for every chunk in turn. :class:`RangedReader` cuts the object into fixed chunks
 next ones in flight on a small shared thread pool. Memory per open reader is
 bounded: at most ``ahead`` chunks in flight or waiting plus the current one.
 
-It is what :func:`writers.fs.open_read` returns for gs:// and s3:// objects
-(``IMNN_STREAM_READ_AHEAD=0`` gives Beam's sequential reader back). It has the
+It is what :func:`writers.fs.open_read` returns for s3:// objects, and for
+gs:// with ``IMNN_STREAM_READ_AHEAD=1`` (see :func:`enabled`). It has the
 methods the readers of this package use: ``read``, ``readinto``, ``seek``,
 ``tell``, ``close`` and the context manager. A seek outside the chunks held
 drops them and starts reading ahead from the new position.
@@ -38,10 +38,16 @@ _pool_pid = None
 _pool_lock = threading.Lock()
 
 
-def enabled() -> bool:
-    """Whether bucket reads use :class:`RangedReader` (``IMNN_STREAM_READ_AHEAD``,
-    default on)."""
-    return os.environ.get("IMNN_STREAM_READ_AHEAD", "1") not in ("0", "", "false", "no")
+def enabled(scheme: str = "s3") -> bool:
+    """Whether reads of ``scheme`` URLs read ahead (``IMNN_STREAM_READ_AHEAD``: 1 for
+    gs:// and s3://, 0 for neither; default ``auto``: s3:// only, where it measured
+    1.3× the sequential reads on the loopback moto server, while on the
+    gcp-storage-emulator it was no faster than Beam's reader — see
+    benchmarks/results/bucket_read.json)."""
+    v = os.environ.get("IMNN_STREAM_READ_AHEAD", "auto").lower()
+    if v == "auto":
+        return scheme == "s3"
+    return v not in ("0", "", "false", "no")
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -74,6 +74,7 @@ def test_ranged_reader_read_ahead_is_bounded():
 def test_bucket_reads_identical_bytes(store, request, monkeypatch):
     root = request.getfixturevalue("gcs") if store == "gcs" else request.getfixturevalue("s3")[0]
     monkeypatch.setattr("writers.readahead.CHUNK", 65_536)
+    monkeypatch.setenv("IMNN_STREAM_READ_AHEAD", "1")  # both schemes (default: s3 only)
     data = object_bytes(seed=7)
     path = fs.join(root, f"readahead/{store}.bin")
     fs.write_bytes(path, data)
@@ -90,5 +91,8 @@ def test_bucket_reads_identical_bytes(store, request, monkeypatch):
             assert isinstance(f, RangedReader) == (store == "s3")
             assert f.read() == data
         check_patterns(lambda: fs.open_read(path), data, n_ops=50)
+        monkeypatch.delenv("IMNN_STREAM_READ_AHEAD")  # default: read-ahead for s3 only
+        with fs.open_read(path) as f:
+            assert isinstance(f, RangedReader) == (store == "s3")
     finally:
         fs.delete(path)
