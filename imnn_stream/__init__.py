@@ -24,7 +24,18 @@ _NAMES = {
     "OrderError": "twopass",
 }
 _MODULES = {
-    name: name for name in ("fisher", "models", "utils", "optimisers", "modes", "strategies", "app")
+    name: name
+    for name in (
+        "fisher",
+        "models",
+        "utils",
+        "optimisers",
+        "modes",
+        "strategies",
+        "app",
+        "normalise",
+        "information",
+    )
 }
 _MODULES["runs"] = "app.runs"
 

@@ -133,6 +133,20 @@ class FitConfig:
         100,
         type=_int_at_least(0),
     )
+    normalise: bool = _opt(
+        "--no-normalise",
+        "feed the network raw inputs (default: inputs standardised inside the network by "
+        "the fiducial training inputs' mean and standard deviation, per element or channel)",
+        True,
+        action="store_false",
+    )
+    input_transform: str = _opt(
+        "--input-transform",
+        "elementwise transform before standardising: log1p for positive data spanning "
+        "orders of magnitude, asinh for heavy tails of either sign",
+        "none",
+        choices=("none", "log1p", "asinh"),
+    )
     seed: int = _opt("--seed", "network initialisation seed", 0)
     checkpoint_every: int | None = _opt(
         "--checkpoint-every",
@@ -229,6 +243,8 @@ def fit_identity(archive, config: FitConfig) -> dict:
         n_summaries=c.n_summaries,
         devices=c.devices,
         n_per_device=c.n_per_device,
+        normalise=c.normalise,
+        input_transform=c.input_transform,
     )
 
 
@@ -243,12 +259,15 @@ def fit_archive(
     checkpoint_dir=None,
     progress=True,
     clear_stale_lock=False,
+    normalisation=None,
 ):
     """Fit the streaming trainer of ``archive``'s mode with ``config``; write the run
     folder ``out`` (see :mod:`imnn_stream.app.runs`). Returns (imnn, summary dict).
 
     key: the network's initialisation key (default ``PRNGKey(config.seed)``);
-    weights: start from these network weights instead (warm start); rng: the fit's
+    weights: start from these network weights instead (warm start), with
+    ``normalisation`` the input normalisation they were trained with (default: the
+    archive's, unless ``config.normalise`` is off); rng: the fit's
     key (default ``PRNGKey(config.seed + 1)``); checkpoint_dir: default
     ``out/checkpoint``; progress: show a progress bar. ``out`` is locked
     (``out.lock``) while the fit runs, and written as a whole at the end;
@@ -258,14 +277,16 @@ def fit_archive(
     from .runs import run_lock
 
     with run_lock(out, clear_stale=clear_stale_lock):
-        return _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress)
+        return _fit_archive(
+            archive, config, out, weights, key, rng, checkpoint_dir, progress, normalisation
+        )
 
 
-def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress):
+def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress, norm):
     import jax
     from writers.manifest import read_manifest
 
-    from .. import models, optimisers
+    from .. import models, normalise, optimisers
     from ..streaming import DatasetGradientIMNN, DatasetNumericalGradientIMNN
     from .runs import save_run
 
@@ -282,9 +303,13 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     warm = weights is not None
     opt = optimisers.as_optimiser(optimisers.ramped(tx, c.warm_start_ramp) if warm else tx)
     key = jax.random.PRNGKey(c.seed) if key is None else key
+    if norm is None and c.normalise:  # warm starts pass the normalisation of their weights
+        from .archive_stats import archive_normalisation
+
+        norm = archive_normalisation(archive, c.input_transform)
     imnn = cls.from_archive(
         archive,
-        model=models.from_spec(c.model, n_summaries, trust_code=c.trust_code),
+        model=normalise.wrap(models.from_spec(c.model, n_summaries, trust_code=c.trust_code), norm),
         optimiser=opt,
         key_or_state=key if weights is None else opt.init(weights),
         host=jax.devices("cpu")[0],
@@ -294,6 +319,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
         cache=None if c.cache_mib is None else c.cache_mib << 20,
     )
     imnn.identity = fit_identity(archive, c)
+    imnn.normalisation = norm
     try:
         imnn.fit(
             c.lam,
@@ -314,6 +340,10 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     finally:
         imnn.close()
     summary = save_run(
-        out, imnn, c.model, dict(archive=str(archive), mode=m.mode), expected_detF=c.expected_detF
+        out,
+        imnn,
+        c.model,
+        dict(archive=str(archive), mode=m.mode, normalisation=norm and norm.to_json()),
+        expected_detF=c.expected_detF,
     )
     return imnn, summary

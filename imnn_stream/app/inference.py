@@ -165,7 +165,8 @@ class InferenceLoop:
             archive,
             config,
             os.path.join(d, "run"),
-            weights=previous if self.warm_start else None,
+            weights=previous[0] if self.warm_start and previous else None,
+            normalisation=previous[1] if self.warm_start and previous else None,
             key=key,
             rng=jax.random.fold_in(key, 1),
             checkpoint_dir=os.path.join(d, "checkpoint"),
@@ -194,7 +195,7 @@ class InferenceLoop:
             seeds=seeds,
         )
         _write_json(os.path.join(d, "round.json"), row)
-        return row, imnn.w
+        return row, (imnn.w, imnn.normalisation)
 
     def _exact_fisher(self):
         """The exact Fisher function, or None when unknown."""
@@ -251,11 +252,12 @@ class InferenceLoop:
                 log(f"stopped after max_rounds = {self.max_rounds}; θ̂ = {rows[-1]['θ_hat']}")
                 break
             if rows and previous is None and self.warm_start:  # resumed: last round's weights
-                previous = FittedIMNN(
+                fitted = FittedIMNN(
                     os.path.join(self._round_dir(len(rows) - 1), "run"),
                     trust_code=self.fit.trust_code,
                     allow_pickle=self.fit.trust_pickle,
-                ).w
+                )
+                previous = (fitted.w, fitted.normalisation)
             θ_fid = rows[-1]["θ_hat"] if rows else self.theta_start
             log(f"round {len(rows)}: fitting at θ_fid = {np.round(θ_fid, 4).tolist()}")
             row, previous = self._round(len(rows), θ_fid, previous)

@@ -1,7 +1,8 @@
 """A fitted IMNN on disk (a *run* folder) and estimates from it without the
 training data.
 
-RUN/config.json   how to rebuild the network: model spec, n_summaries, θ_fid, input shape
+RUN/config.json   how to rebuild the network: model spec, n_summaries, θ_fid, input shape,
+                  input normalisation (transform, mean, std; see imnn_stream.normalise)
 RUN/imnn.npz      Trainer.save: weights, optimiser state, statistics, history (arrays +
                   JSON, no pickle: see :mod:`imnn_stream.checkpoint`)
 RUN/history.png   the training history plot
@@ -34,6 +35,7 @@ from .. import models
 from ..checkpoint import load_weights
 from ..fisher import estimate
 from ..information import information_summary
+from ..normalise import Normalisation, wrap
 
 __all__ = ["save_run", "FittedIMNN", "load_inputs", "run_lock", "commit_folder", "WEIGHTS"]
 
@@ -164,7 +166,10 @@ class FittedIMNN:
             raise FileNotFoundError(f"{run}: not a run folder (no config.json)") from None
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a run configuration ({type(e).__name__}: {e})") from None
-        init, self.model = models.from_spec(spec, n_summaries, trust_code=trust_code)
+        self.normalisation = Normalisation.from_json(self.config.get("normalisation"))
+        init, self.model = wrap(
+            models.from_spec(spec, n_summaries, trust_code=trust_code), self.normalisation
+        )
         weights = os.path.join(run, WEIGHTS)
         if not os.path.exists(weights) and os.path.exists(os.path.join(run, LEGACY_WEIGHTS)):
             weights = os.path.join(run, LEGACY_WEIGHTS)
