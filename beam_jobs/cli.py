@@ -5,7 +5,8 @@ Every option this parser does not know is handed to Beam unchanged
 ...), so any runner is reached with its usual flags; see docs/beam.md.
 
 ``register(subparsers)`` adds the subcommand to the main ``imnn-stream``
-parser, whose ``args.func(args, extra_argv)`` call runs it;
+parser, whose ``args.func(args, extra_argv)`` call runs it (it returns the exit
+code and the result printed with ``--json``);
 ``python -m beam_jobs.cli generate ...`` runs it on its own.
 """
 
@@ -16,6 +17,8 @@ import json
 import logging
 import sys
 from typing import Optional, Sequence
+
+from writers.cli import HelpFormatter, add_output_options, emit
 
 __all__ = ["register", "run", "main"]
 
@@ -60,13 +63,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         "options and are passed to Beam unchanged (default runner: the local "
         "FnApiRunner, one process per core).",
         epilog="example: " + EXAMPLE,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--simulator",
         default="toy",
         help="module:function or path/file.py:function of simulator(key, θ); "
         "shortcuts: 'toy' (10 Gaussian draws, θ=(μ,Σ)) and 'grf' (2-D "
-        "Gaussian random field factory, θ=(A,B)); default toy",
+        "Gaussian random field factory, θ=(A,B))",
     )
     p.add_argument(
         "--simulator-config",
@@ -75,7 +79,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         metavar="JSON",
         help="JSON object of keyword arguments for a simulator factory, e.g. '{\"size\": 32}'",
     )
-    p.add_argument("--theta-fid", type=_floats, required=True, metavar="θ1,θ2,...")
+    p.add_argument(
+        "--theta-fid",
+        type=_floats,
+        required=True,
+        metavar="θ1,θ2,...",
+        help="fiducial parameter values θ_fid, comma-separated",
+    )
     p.add_argument(
         "--delta-theta",
         type=_floats,
@@ -96,9 +106,17 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=1,
         help="devices the layout is cut for; n_s and n_d must divide by it",
     )
-    p.add_argument("--mode", choices=("numerical", "gradient", "fiducial"), required=True)
+    p.add_argument(
+        "--mode",
+        choices=("numerical", "gradient", "fiducial"),
+        required=True,
+        help="records to write: seed-matched finite differences (numerical), simulations "
+        "with their gradients dsim/dθ (gradient), or fiducial simulations only",
+    )
     p.add_argument("--out", required=True, help="archive directory or URL (gs://, s3://)")
-    p.add_argument("--records-per-shard", type=int, default=1000)
+    p.add_argument(
+        "--records-per-shard", type=int, default=1000, help="records per TFRecord shard file"
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed of the train split")
     p.add_argument(
         "--validation-seed", type=int, default=1, help="base seed of the validation split"
@@ -119,17 +137,18 @@ def register(subparsers) -> argparse.ArgumentParser:
         metavar="N1,N2,...",
         help="expected shape of one simulation (checked before any work)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (as --quiet)")
     p.add_argument("--verbose", action="store_true", help="show Beam's own log messages")
+    add_output_options(p)
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> int:
+def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None):
     """Run ``generate`` for parsed ``args``; ``beam_argv`` goes to Beam unchanged.
 
-    Returns 0 on success, 2 for arguments refused before any work, 1 when the
-    job failed (already-written shards stay; re-run to resume).
+    Returns (exit code, result dict): 0 on success, 2 for arguments refused before
+    any work, 1 when the job failed (already-written shards stay; re-run to resume).
     """
     from .driver import JobFailed, run_generation
     from .job import JobError
@@ -137,6 +156,12 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
 
     if not args.verbose:  # Beam relays every worker's start-up chatter otherwise
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    quiet = getattr(args, "quiet", False)
+
+    def log(msg):  # --quiet keeps warnings (a stale lock taken over)
+        if not quiet or msg.startswith("warning"):
+            print(msg, file=sys.stderr)
+
     seeds = {"train": args.seed}
     if not args.no_validation:
         seeds["validation"] = args.validation_seed
@@ -158,11 +183,12 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
             batch_size=args.batch_size,
             beam_args=beam_argv,
             input_shape=args.input_shape,
-            progress=not args.no_progress,
+            progress=not (args.no_progress or quiet),
+            log=log,
         )
     except (JobError, SimulationError) as err:  # refused before any shard was written
         print(f"imnn-stream generate: error: {err}", file=sys.stderr)
-        return 2
+        return 2, {"ok": False, "error": str(err)}
     except JobFailed as err:
         print(
             f"imnn-stream generate: error: {err}\n"
@@ -170,9 +196,25 @@ def run(args: argparse.Namespace, beam_argv: Optional[Sequence[str]] = None) -> 
             "the same command to resume",
             file=sys.stderr,
         )
-        return 1
-    print(result.summary(args.out), file=sys.stderr)
-    return 0
+        return 1, {"ok": False, "error": str(err), "kept": err.root}
+    if not args.json:
+        print(result.summary(args.out), file=sys.stderr)
+    m = result.manifest
+    return 0, {
+        "ok": True,
+        "out": args.out,
+        "mode": m.mode,
+        "splits": list(m.layout),
+        "n_s": m.n_s,
+        "n_d": m.n_d,
+        "n_devices": m.n_devices,
+        "shards": result.n_shards,
+        "written": result.written,
+        "kept": result.kept,
+        "records_written": result.records_written,
+        "seconds": result.seconds,
+        "nothing_to_do": result.nothing_to_do,
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -181,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args, extra = parser.parse_known_args(argv)
-    return args.func(args, extra)
+    return emit(args, args.func(args, extra))
 
 
 if __name__ == "__main__":

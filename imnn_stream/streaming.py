@@ -181,6 +181,14 @@ class _Streaming:
         for s in getattr(self, "_streams", []):
             close_all(s)
 
+    def __enter__(self):
+        """``with DatasetNumericalGradientIMNN.from_archive(...) as imnn:`` closes the
+        streams at the end of the block."""
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class DatasetNumericalGradientIMNN(_Streaming, Trainer):
     """Finite-difference IMNN fed by per-device streams (see module docstring).

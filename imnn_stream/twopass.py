@@ -59,6 +59,9 @@ class TwoPass:
             for k in mode.kinds
         }
         self._checks = {}
+        #: progress hook ``on_group(tag, kind, n_records)``, called as each group of
+        #: batches is read (both passes): lets a progress bar move within an iteration
+        self.on_group = None
 
         def host_loss(raw, λ, α):
             (value, st), cot = jax.value_and_grad(
@@ -151,6 +154,8 @@ class TwoPass:
                 stacked = {f: a[None] for f, a in items[0][1].items()}
             else:
                 stacked = {f: np.stack([b[f] for _, b in items]) for f in items[0][1]}
+            if self.on_group is not None:
+                self.on_group(tag, kind, len(positions))
             return d, positions, stacked
 
         for d, b, positions, batch in self._batches(tag, kind, sources):

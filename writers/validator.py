@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from . import fs
 from .check import check_shard
@@ -77,16 +77,18 @@ def validate(
     nonfinite_fatal: bool = False,
     max_issues_per_file: int = 20,
     manifest: Optional[Manifest] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> ValidationReport:
     """Validate the archive at ``root`` (local path or URL).
 
     Never raises for a bad archive: every problem is an :class:`Issue` in the
-    returned :class:`ValidationReport`.
+    returned :class:`ValidationReport`. ``progress(done, total)``: called with
+    the bytes of listed files checked so far and in all, after every file.
     """
     root = str(root)
     rep = ValidationReport(root)
     try:
-        _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest)
+        _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest, progress)
     except Exception as e:  # a bug, not a bad archive: still a report, never a crash
         rep.errors.append(
             Issue("error", f"internal error while validating: {type(e).__name__}: {e}")
@@ -94,7 +96,7 @@ def validate(
     return rep
 
 
-def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None:
+def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest, progress=None) -> None:
     def err(msg, f=None, r=None):
         rep.errors.append(Issue("error", msg, f, r))
 
@@ -143,13 +145,15 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None
             err("unlisted file (temporary file left by an interrupted write)", extra)
         else:
             err("unlisted file: not in the manifest", extra)
-    total_records = total_bytes = 0
+    total_records = total_bytes = done = 0
+    listed_bytes = sum(int(f.get("bytes") or 0) for f in m.all_files())
     file_records = {}
     for split in m.layout:
         for kind in m.layout[split]:
             info = m.kind_info(split, kind)
             spec = kind_record_spec(m, split, kind)
             for f in m.files(split, kind):
+                done += int(f.get("bytes") or 0)
                 if f["path"] not in present:
                     err("missing file listed in the manifest", f["path"])
                     continue
@@ -175,6 +179,8 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest) -> None
                 file_records[f["path"]] = c.count or 0
                 total_records += c.count or 0
                 total_bytes += c.bytes
+                if progress is not None:
+                    progress(done, listed_bytes)
     if m.index:
         _check_index(root, m, file_records, err, warn)
     rep.summary = {

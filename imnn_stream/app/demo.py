@@ -28,10 +28,17 @@ EXACT_DET_F = 50.0
 FIT_DEFAULTS = dict(n_per_device=250, max_iterations=1500, patience=100)
 
 
-def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None = None) -> int:
+def run_demo(
+    out: str = "imnn-demo",
+    n_s: int = 1000,
+    config: FitConfig | None = None,
+    log=print,
+    progress: bool = True,
+):
     """Run the demo into folder ``out`` (archive, run, demo.json) with ``n_s``
     simulations per split, fitting with ``config`` (default: the ``demo``
-    subcommand's defaults). Returns the exit code."""
+    subcommand's defaults). ``log(line)`` gets the steps; ``progress``: progress
+    bars (stderr). Returns (exit code, result dict)."""
     import beam_jobs
     import writers
 
@@ -39,7 +46,7 @@ def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None =
     t0 = time.perf_counter()
     archive = os.path.join(out, "archive")
     run = os.path.join(out, "run")
-    print(
+    log(
         f"[1/4] simulating {n_s} fiducial + {n_s}×4 finite-difference records per split "
         f"with Apache Beam → {archive}",
         flush=True,
@@ -54,23 +61,23 @@ def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None =
         2,
         "numerical",
         records_per_shard=max(50, n_s // 4),
-        progress=True,
+        progress=progress,
     )
-    print("[2/4] validating the archive", flush=True)
+    log("[2/4] validating the archive", flush=True)
     report = writers.validate(archive)
-    print("      " + report.summary_line(), flush=True)
+    log("      " + report.summary_line(), flush=True)
     if not report.ok:
         for e in report.errors[:20]:
-            print("      error:", e)
-        return 1
-    print(
+            log("      error:", e)
+        return 1, dict(validation=report.to_json())
+    log(
         f"[3/4] fitting DatasetNumericalGradientIMNN over {config.devices} CPU devices "
         f"({config.n_per_device} records per device per batch)",
         flush=True,
     )
-    imnn, summary = fit_archive(archive, config, run)
+    imnn, summary = fit_archive(archive, config, run, progress=progress)
     detF = float(np.linalg.det(imnn.F))
-    print(
+    log(
         f"      det F = {detF:.2f} on the validation set (exact: {EXACT_DET_F:g}); "
         f"best validation det F during fitting {summary['best_detF']:.2f} "
         f"after {summary['iterations']} iterations",
@@ -85,7 +92,7 @@ def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None =
     )
     est = imnn.get_estimate(target)
     err = np.sqrt(np.diag(np.linalg.inv(imnn.F)))
-    print(
+    log(
         f"[4/4] target simulated at θ = {TARGET_THETA}: θ̂ = ({est[0]:.3f}, {est[1]:.3f}) "
         f"± ({err[0]:.3f}, {err[1]:.3f}) (Fisher errors at θ_fid)",
         flush=True,
@@ -103,6 +110,5 @@ def run_demo(out: str = "imnn-demo", n_s: int = 1000, config: FitConfig | None =
     )
     with open(os.path.join(out, "demo.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(f"history plot: {result['history_plot']}; total {result['seconds']:.0f} s")
-    print("DEMO_RESULT " + json.dumps(result))
-    return 0
+    log(f"history plot: {result['history_plot']}; total {result['seconds']:.0f} s")
+    return 0, result

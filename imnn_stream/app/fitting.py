@@ -150,13 +150,14 @@ class FitConfig:
     seed: int = _opt("--seed", "network initialisation seed", 0)
     checkpoint_every: int | None = _opt(
         "--checkpoint-every",
-        "checkpoint every so many iterations (default: only at the end)",
+        "write a checkpoint (OUT/checkpoint) every so many iterations (default: none)",
         type=_int_at_least(1),
     )
     resume: bool = _opt(
         "--resume",
         "continue from the checkpoint (refused when archive, model, optimiser or fit "
-        "settings differ from the checkpoint's)",
+        "settings differ from the checkpoint's); takes over the lock of a killed fit "
+        "on this host",
         False,
         action="store_true",
     )
@@ -272,11 +273,13 @@ def fit_archive(
     ``out/checkpoint``; progress: show a progress bar. ``out`` is locked
     (``out.lock``) while the fit runs, and written as a whole at the end;
     ``clear_stale_lock``: take over a lock left by a dead process (for callers that
-    already hold a lock on a folder above, as the inference loop).
+    already hold a lock on a folder above, as the inference loop); ``config.resume``
+    does too (with a one-line warning), as a resumed fit continues a killed one.
+    Checkpoints are written only with ``config.checkpoint_every`` (or ``resume``).
     """
     from .runs import run_lock
 
-    with run_lock(out, clear_stale=clear_stale_lock):
+    with run_lock(out, clear_stale=clear_stale_lock or config.resume):
         return _fit_archive(
             archive, config, out, weights, key, rng, checkpoint_dir, progress, normalisation
         )
@@ -288,6 +291,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
 
     from .. import models, normalise, optimisers
     from ..streaming import DatasetGradientIMNN, DatasetNumericalGradientIMNN
+    from .progress import iteration_progress
     from .runs import save_run
 
     m = read_manifest(archive)
@@ -320,6 +324,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     )
     imnn.identity = fit_identity(archive, c)
     imnn.normalisation = norm
+    close_bar = iteration_progress(imnn) if progress else (lambda: None)
     try:
         imnn.fit(
             c.lam,
@@ -331,13 +336,15 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
             else c.min_iterations,
             max_iterations=c.max_iterations,
             print_rate=max(1, c.max_iterations // 100) if progress else None,
-            checkpoint_dir=checkpoint_dir or os.path.join(out, "checkpoint"),
+            checkpoint_dir=checkpoint_dir
+            or (os.path.join(out, "checkpoint") if c.checkpoint_every or c.resume else None),
             checkpoint_every=c.checkpoint_every,
             resume=c.resume,
             allow_pickle=c.trust_pickle,
             expected_detF=c.expected_detF,
         )
     finally:
+        close_bar()
         imnn.close()
     summary = save_run(
         out,

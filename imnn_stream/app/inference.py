@@ -222,10 +222,11 @@ class InferenceLoop:
     def run(self, log=print):
         """Run or resume the loop; returns the table of rounds. Raises InferenceError
         (after saving the table) if θ̂ leaves the prior box. ``OUT.lock`` keeps a
-        second ``infer`` out of the folder meanwhile."""
+        second ``infer`` out of the folder meanwhile; a lock left by a killed loop on
+        this host is taken over with a one-line warning (re-running resumes)."""
         from .runs import run_lock
 
-        with run_lock(self.out, what="inference folder"):
+        with run_lock(self.out, what="inference folder", clear_stale=True):
             return self._run(log)
 
     def _run(self, log):

@@ -45,11 +45,19 @@ LEGACY_WEIGHTS = "imnn.pkl"
 
 def run_lock(out, what="run folder", clear_stale=False):
     """The lock file ``OUT.lock`` guarding ``out`` (a context manager; see
-    :class:`writers.durable.Lock`)."""
+    :class:`writers.durable.Lock`). ``clear_stale``: take over a lock whose pid is
+    dead on this host, with a one-line warning on stderr."""
+    import sys
+
     from writers.durable import Lock
 
     out = os.path.normpath(os.fspath(out))
-    return Lock(out + ".lock", what=f"{what} {out}", clear_stale=clear_stale)
+    return Lock(
+        out + ".lock",
+        what=f"{what} {out}",
+        clear_stale=clear_stale,
+        warn=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
 
 
 def _write_file(path, data: bytes):

@@ -180,6 +180,17 @@ def test_second_writer_is_refused_and_stale_lock_reported(archives, tmp_path, ca
     code, err = run_main(capsys, fit(archives[0], run))
     assert code == 1 and f"rm {lock}" in one_line_error(err), err
     assert lock.exists() and not run.exists()  # reported, not silently broken
+    # --resume takes over a dead holder's lock on this host, with a one-line warning …
+    code, err = run_main(capsys, fit(archives[0], run, "--resume"))
+    assert code == 0 and f"warning: removing stale lock {lock}" in err, err
+    assert not lock.exists() and run.exists()
+    # … but never a live holder's, nor one of another host
+    for holder in (dict(pid=os.getpid(), host=socket.gethostname()), dict(pid=1, host="elsewhere")):
+        lock.write_text(json.dumps(dict(holder, started=0)))
+        code, err = run_main(capsys, fit(archives[0], run, "--resume"))
+        assert code == 1 and f"in use by pid {holder['pid']}" in one_line_error(err), err
+        assert lock.exists()
+    assert f"rm {lock}" in one_line_error(err)  # another host's: how to clear it
 
 
 def test_untrusted_run_folder_runs_nothing(archives, tmp_path, capsys, monkeypatch):

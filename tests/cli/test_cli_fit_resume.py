@@ -107,17 +107,20 @@ def test_fit_killed_and_resumed_equals_uninterrupted(archive, tmp_path):
     assert 0 < done < iterations
     assert not os.path.exists(os.path.join(cut, "imnn.npz"))
 
-    # the killed fit left its lock: reported (exit 1, one line) with the command that clears it
-    r = subprocess.run(
-        fit_args(path, cut, iterations) + ["--resume"], capture_output=True, text=True, timeout=600
-    )
+    # the killed fit left its lock (pid dead on this host): --resume takes it over with a
+    # one-line warning
     lock = cut + ".lock"
-    assert r.returncode == 1 and "stale lock" in r.stderr and f"rm {lock}" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    os.remove(lock)
-    subprocess.run(
-        fit_args(path, cut, iterations) + ["--resume"], check=True, capture_output=True, timeout=600
+    assert os.path.exists(lock)
+    r = subprocess.run(
+        fit_args(path, cut, iterations) + ["--resume", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+    assert r.returncode == 0, r.stderr[-3000:]
+    warning = [line for line in r.stderr.splitlines() if "stale lock" in line]
+    assert len(warning) == 1 and warning[0].startswith(f"warning: removing stale lock {lock}")
+    assert not os.path.exists(lock)
     a, b = final_w(whole), final_w(cut)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
     with open(os.path.join(cut, "summary.json")) as f:
