@@ -262,7 +262,14 @@ class Checkpoint:
         self.allow_pickle = allow_pickle
 
     def exists(self):
-        return os.path.exists(self.path) or os.path.exists(self.legacy)
+        return self._exists(self.path) or self._exists(self.legacy)
+
+    # file access, overridden across processes (process 0's files, answers sent to all)
+    def _exists(self, path) -> bool:
+        return os.path.exists(path)
+
+    def _read(self, path) -> bytes:
+        return read_file(path)
 
     def save(self, trainer, loop: LoopState):
         meta = dict(
@@ -295,9 +302,9 @@ class Checkpoint:
         )
 
     def restore(self, trainer) -> LoopState:
-        if not os.path.exists(self.path):
+        if not self._exists(self.path):
             return self._restore_legacy(trainer)
-        meta, leaves = decode(self.path, read_file(self.path), "checkpoint")
+        meta, leaves = decode(self.path, self._read(self.path), "checkpoint")
         diff = self._differences(meta.get("run") or {})
         if diff:
             self._refuse(self.path, diff)
@@ -314,7 +321,7 @@ class Checkpoint:
         )
 
     def _restore_legacy(self, trainer) -> LoopState:
-        blob = _unpickle(self.legacy, read_file(self.legacy), self.allow_pickle)
+        blob = _unpickle(self.legacy, self._read(self.legacy), self.allow_pickle)
         diff = self._differences(_plain(blob["run"]), only_saved_keys=True)
         if diff:
             self._refuse(self.legacy, diff)

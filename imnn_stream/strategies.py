@@ -66,13 +66,14 @@ class TwoPassStrategy:
     """Two passes per iteration over per-device sources.
 
     ``train``/``validation``: dict kind -> list (per device) of sources, or a
-    callable ``key -> such a dict`` for data drawn anew each iteration.
+    callable ``key -> such a dict`` for data drawn anew each iteration. ``engine``:
+    the two-pass class (:class:`imnn_stream.distributed.ProcessTwoPass` across processes).
     """
 
     compiled = False
 
-    def __init__(self, mode, host, devices, train, validation=None):
-        self.engine = TwoPass(mode, host, devices)
+    def __init__(self, mode, host, devices, train, validation=None, engine=TwoPass):
+        self.engine = engine(mode, host, devices)
         self.train, self.validation = train, validation
         self.has_validation = validation is not None
 

@@ -76,8 +76,11 @@ def cache_budget(cache) -> float:
     return float(cache)
 
 
-def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params, budget):
-    """Per-kind per-device StreamSources of one split, and the device streams.
+def _archive_sources(
+    path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params, budget, device_ids=None
+):
+    """Per-kind per-device StreamSources of one split, and the device streams
+    (of ``device_ids`` of the ``n_devices`` only, when given: one process's share).
 
     budget: a one-item list, the cache bytes left; each whole device stream whose
     decoded epoch fits what is left is cached (in kind order, device order) and
@@ -86,7 +89,9 @@ def _archive_sources(path, split, mode, n_devices, n_per_device, prefetch, n_d, 
     from writers.manifest import read_manifest
 
     manifest = read_manifest(path)
-    streams = device_streams(path, split, n_devices, n_per_device, prefetch=prefetch)
+    streams = device_streams(
+        path, split, n_devices, n_per_device, prefetch=prefetch, devices=device_ids
+    )
     sources = {}
     for kind in mode.kinds:
         if kind not in streams:
@@ -112,7 +117,12 @@ class _Streaming:
     _archive_mode = None
 
     def _stream_strategy(self, mode, train, validation):
-        return TwoPassStrategy(mode, self.host, self.devices, train, validation)
+        processes = getattr(self, "processes", None)
+        if processes is None or processes.count == 1:
+            return TwoPassStrategy(mode, self.host, self.devices, train, validation)
+        return TwoPassStrategy(
+            mode, self.host, self.devices, train, validation, engine=processes.engine
+        )
 
     @classmethod
     def from_archive(
@@ -128,6 +138,7 @@ class _Streaming:
         validation=True,
         prefetch=2,
         cache=None,
+        processes=None,
     ):
         """Stream training (and, if present and ``validation``, validation) data from
         the archive at ``path`` (local path or URL), laid out over ``devices``
@@ -138,7 +149,12 @@ class _Streaming:
         fits what is left of it (training streams first, then validation) is kept
         in memory after its first epoch and no longer read; the others are streamed
         every pass. None (default): 25 % of MemAvailable; 0 or False: off; True:
-        no limit. The two-pass order check applies to cached epochs unchanged."""
+        no limit. The two-pass order check applies to cached epochs unchanged.
+
+        processes: a multi-process fit (:class:`imnn_stream.distributed.Processes`,
+        default: ``jax.process_count() > 1`` after ``jax.distributed.initialize``):
+        ``devices`` are this process's, the archive is laid out over every process's
+        devices and this process streams only its own devices' seed blocks."""
         from writers.manifest import read_manifest
 
         m = read_manifest(path)
@@ -163,9 +179,12 @@ class _Streaming:
         self.archive = path
         mode = self._make_mode(m)
         _aggregation(self, host, devices, n_per_device)
-        n = len(self.devices)
+        from .distributed import Processes
+
+        self.processes = Processes.current() if processes is None else processes
+        n, ids = self.processes.layout(m, len(self.devices))
         budget = [cache_budget(cache)]
-        args = (mode, n, self.n_per_device, prefetch, self.n_d, self.n_params, budget)
+        args = (mode, n, self.n_per_device, prefetch, self.n_d, self.n_params, budget, ids)
         train, self._streams = _archive_sources(path, "train", *args)
         val, val_streams = (None, {})
         if validation and "validation" in m.splits:

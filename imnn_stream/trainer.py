@@ -187,7 +187,8 @@ class Trainer(checks.AsciiNames):
             rng=np.asarray(jax.random.key_data(rng) if rng.dtype != np.uint32 else rng).tolist(),
             **self.identity,
         )
-        ckpt = None if checkpoint_dir is None else Checkpoint(checkpoint_dir, run, allow_pickle)
+        kind = self.checkpoint_type
+        ckpt = None if checkpoint_dir is None else kind(checkpoint_dir, run, allow_pickle)
         key, self._stats_key = jax.random.split(rng)
         w = self._opt.params(self.state)
         mon = (Monitor.new(w) if self._monitor is None else self._monitor).restart()
@@ -235,6 +236,7 @@ class Trainer(checks.AsciiNames):
     #: what a checkpoint must match besides the fit's arguments (the command line
     #: puts the archive's manifest digest, model and optimiser specs, devices here)
     identity: dict = {}
+    checkpoint_type = Checkpoint  # distributed: process 0 writes, every process reads its bytes
     #: exact det F when known (``fit(expected_detF=…)``); Hartlap factor of the statistics
     expected_detF = None
     hartlap = 1.0

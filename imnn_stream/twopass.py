@@ -192,6 +192,7 @@ class TwoPass:
                 lambda a: a.reshape((-1,) + a.shape[2:]),
                 jax.device_get([o for _, o in pending[kind]]),
             )
+            positions, outs = self._exchange(positions, outs)
             _check_coverage(tag, kind, positions, count)
             if not positions:
                 raw[kind] = None  # an empty kind: `remaining` when n_s = n_d
@@ -233,7 +234,18 @@ class TwoPass:
                     jax.block_until_ready(acc[d])
         grads = [jax.device_put(a, self.host) for a in acc]
         g = jax.tree_util.tree_map(lambda *xs: sum(xs[1:], xs[0]), *grads)
-        return g, st
+        return self._reduce(g), st
+
+    # -- across processes (imnn_stream.distributed overrides these two) ---------------
+
+    def _exchange(self, positions, outs):
+        """Pass-1 (positions, outputs) of this process's devices -> those of every
+        process's devices (one process: unchanged)."""
+        return positions, outs
+
+    def _reduce(self, g):
+        """This process's gradient sum -> the sum over every process (one: unchanged)."""
+        return g
 
     def stats(self, w, sources, λ, α, tag="validation"):
         """Statistics (no gradient): one pass."""

@@ -64,8 +64,13 @@ def device_streams(
     prefetch: int = 2,
     manifest: Optional[Manifest] = None,
     check_crc: bool = True,
+    devices: Optional[list[int]] = None,
 ) -> dict[str, list[DeviceStream]]:
     """Per-kind lists of per-device batch iterators (see module docstring).
+
+    ``devices``: build the streams of these devices (indices of ``n_devices``) only,
+    in that order (default all): a process of a multi-process fit reads its own
+    devices' seed blocks and nothing else.
 
     Raises :class:`LayoutError` when ``n_devices`` does not divide a kind's
     seed count.  Bounds glibc's allocator first (:mod:`writers.allocator`:
@@ -84,7 +89,7 @@ def device_streams(
     out = {}
     for kind in stream_kinds(m):
         streams = []
-        for d in range(n_devices):
+        for d in range(n_devices) if devices is None else devices:
             if legacy_gradient:
                 sources, epoch = _legacy_gradient_sources(
                     root, m, split, kind, n_devices, d, check_crc

@@ -73,6 +73,13 @@ def _optimiser_spec(text):
     return text
 
 
+def _address(text):
+    host, colon, port = text.rpartition(":")
+    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
 def _number(text):
     try:
         return float(text)
@@ -180,11 +187,53 @@ class FitConfig:
         type=_number,
     )
 
+    # multi-process fits (imnn_stream.distributed), `fit` only: with none of these, the
+    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables or a cluster
+    # launcher's (srun, mpirun) are used; none at all: one process
+    coordinator: str | None = _opt(
+        "--coordinator",
+        "HOST:PORT of process 0 of a multi-process fit (process 0 serves it); every "
+        "process streams its own --devices devices' share of the archive",
+        type=_address,
+        metavar="HOST:PORT",
+        commands=("fit",),
+    )
+    num_processes: int | None = _opt(
+        "--num-processes",
+        "processes of a multi-process fit (default: JAX_NUM_PROCESSES or the launcher's)",
+        type=_int_at_least(1),
+        metavar="N",
+        commands=("fit",),
+    )
+    process_id: int | None = _opt(
+        "--process-id",
+        "this process's number, 0..N-1; process 0 alone writes OUT (default: "
+        "JAX_PROCESS_ID or the launcher's)",
+        type=_int_at_least(0),
+        metavar="I",
+        commands=("fit",),
+    )
+    coordinator_timeout: float = _opt(
+        "--coordinator-timeout",
+        "seconds to wait for the coordinator, and process 0 for the others",
+        60.0,
+        type=_number,
+        metavar="SECONDS",
+        commands=("fit",),
+    )
+
     def replace(self, **changes) -> "FitConfig":
         return dataclasses.replace(self, **changes)
 
 
-_TYPES = {"str": str, "float": float, "int": int, "int | None": int, "float | None": float}
+_TYPES = {
+    "str": str,
+    "str | None": str,
+    "float": float,
+    "int": int,
+    "int | None": int,
+    "float | None": float,
+}
 
 
 def add_fit_options(parser, **defaults):
@@ -193,12 +242,13 @@ def add_fit_options(parser, **defaults):
     unknown = set(defaults) - {f.name for f in dataclasses.fields(FitConfig)}
     if unknown:
         raise TypeError(f"not FitConfig fields: {sorted(unknown)}")
+    command = parser.prog.rsplit(" ", 1)[-1]
     for f in dataclasses.fields(FitConfig):
         flag = f.metadata.get("flag")
-        if flag is None:
+        if flag is None or command not in f.metadata.get("commands", (command,)):
             continue
         default = defaults.get(f.name, f.default)
-        kw = {k: v for k, v in f.metadata.items() if k not in ("flag", "help")}
+        kw = {k: v for k, v in f.metadata.items() if k not in ("flag", "help", "commands")}
         help = f.metadata["help"]
         if "action" not in kw:
             kw.setdefault("type", _TYPES[f.type])
@@ -211,16 +261,13 @@ def add_fit_options(parser, **defaults):
 def fit_config_from_args(args: argparse.Namespace, **extra) -> FitConfig:
     """The FitConfig of parsed options (and ``extra`` fields not on the command line)."""
     names = {f.name for f in dataclasses.fields(FitConfig) if f.metadata.get("flag")}
-    return FitConfig(**{n: getattr(args, n) for n in names}, **extra)
+    return FitConfig(**{n: getattr(args, n) for n in names if hasattr(args, n)}, **extra)
 
 
 def _devices(n):
-    import jax
+    from ..distributed import local_devices
 
-    devices = jax.devices("cpu")[:n] if jax.default_backend() == "cpu" else jax.devices()[:n]
-    if len(devices) < n:
-        raise ValueError(f"--devices {n}: only {len(devices)} devices available")
-    return devices
+    return local_devices(n)  # this process's (all devices of a single-process fit)
 
 
 def manifest_digest(archive) -> str:
@@ -277,9 +324,21 @@ def fit_archive(
     does too (with a one-line warning), as a resumed fit continues a killed one.
     Checkpoints are written only with ``config.checkpoint_every`` (or ``resume``).
     """
+    import contextlib
+
+    from ..distributed import initialize
     from .runs import run_lock
 
-    with run_lock(out, clear_stale=clear_stale_lock or config.resume):
+    c = config
+    processes = initialize(
+        c.coordinator, c.num_processes, c.process_id, c.devices, c.coordinator_timeout
+    )
+    lock = (
+        run_lock(out, clear_stale=clear_stale_lock or config.resume)
+        if processes.writes
+        else contextlib.nullcontext()  # multi-process: process 0 alone writes OUT
+    )
+    with lock:
         return _fit_archive(
             archive, config, out, weights, key, rng, checkpoint_dir, progress, normalisation
         )
@@ -287,6 +346,7 @@ def fit_archive(
 
 def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progress, norm):
     import jax
+    import numpy as np
     from writers.manifest import read_manifest
 
     from .. import models, normalise, optimisers
@@ -310,19 +370,26 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     if norm is None and c.normalise:  # warm starts pass the normalisation of their weights
         from .archive_stats import archive_normalisation
 
-        norm = archive_normalisation(archive, c.input_transform)
+        from ..distributed import shared_normalisation  # multi-process: process 0 reads
+
+        norm = shared_normalisation(lambda: archive_normalisation(archive, c.input_transform))
     imnn = cls.from_archive(
         archive,
         model=normalise.wrap(models.from_spec(c.model, n_summaries, trust_code=c.trust_code), norm),
         optimiser=opt,
         key_or_state=key if weights is None else opt.init(weights),
-        host=jax.devices("cpu")[0],
+        host=jax.local_devices(backend="cpu")[0],
         devices=devices,
         n_per_device=c.n_per_device,
         n_summaries=n_summaries,
         cache=None if c.cache_mib is None else c.cache_mib << 20,
     )
-    imnn.identity = fit_identity(archive, c)
+    imnn.identity = dict(fit_identity(archive, c), **imnn.processes.identity())
+    if imnn.processes.count > 1:
+        from ..distributed import SharedCheckpoint
+
+        imnn.checkpoint_type = SharedCheckpoint
+        progress = progress and imnn.processes.writes
     imnn.normalisation = norm
     close_bar = iteration_progress(imnn) if progress else (lambda: None)
     try:
@@ -346,6 +413,13 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     finally:
         close_bar()
         imnn.close()
+    if not imnn.processes.writes:  # another process of a multi-process fit writes OUT
+        return imnn, dict(
+            iterations=int(len(imnn.history["detF"])),
+            detF=float(np.linalg.det(imnn.F)),
+            process_id=imnn.processes.index,
+            written=False,
+        )
     summary = save_run(
         out,
         imnn,
