@@ -156,10 +156,25 @@ def test_unreachable_coordinator_is_one_line(archives, tmp_path):
 
 
 def test_device_count_not_dividing_layout(archives, tmp_path):
-    # 2 processes × 3 devices = 6 devices: 100 seeds do not split
-    for code, _, err in finish(
-        start_pair(archives["numerical"], str(tmp_path / "x"), 2, devices=3)
-    ):
+    # 2 processes × 3 devices = 6 devices: 100 seeds do not split. The processes are
+    # told who they are by the variables a launcher would set, not by flags.
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            args(archives["numerical"], str(tmp_path / f"x{i}"), 2, 3),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(
+                os.environ,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+        )
+        for i in range(2)
+    ]
+    for code, _, err in finish(procs):
         assert code == 1
         line = err.strip().splitlines()[-1]
         assert "2 processes × 3 devices = 6 devices do not divide the archive's layout" in line
