@@ -63,9 +63,18 @@ class DeviceStream:
             raise item
         return item
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the reader and drop what it read ahead. Waits (up to ``timeout`` s) for the
+        thread to let go of the batch it is filling, so that a closed stream holds no
+        batch once this returns (the memory bound counts on it)."""
         self._stop.set()
-        try:  # unblock a producer waiting on a full queue
+        self._drain()  # unblock a producer waiting on a full queue
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._drain()  # what it put between the first drain and seeing the stop
+
+    def _drain(self) -> None:
+        try:
             while True:
                 self._queue.get_nowait()
         except queue.Empty:
