@@ -40,7 +40,7 @@ _MODULES = {
 _MODULES["runs"] = "app.runs"
 
 __all__ = list(_NAMES) + list(_MODULES)
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):
