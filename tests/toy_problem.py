@@ -25,3 +25,35 @@ def toy_data(seed, n_s, n_d, simulator=gaussian_toy, θ=THETA_FID, δθ=DELTA_TH
     numerical = jnp.stack(varied, 1)
     gradient = jax.vmap(lambda k: jax.jacfwd(simulator, argnums=1)(k, θ))(keys[:n_d])
     return np.asarray(fiducial), np.asarray(numerical), np.asarray(gradient)
+
+
+def write_toy_archives(root, train, validation, records_per_shard=40, n_devices=2):
+    """Numerical and gradient archives of the same draws under ``root/numerical`` and
+    ``root/gradient`` (train and validation splits); ``train``/``validation`` are
+    :func:`toy_data` triples. Returns ``root``."""
+    from writers.archive import write_arrays
+
+    (f, n, g), (vf, vn, vg) = train, validation
+    common = dict(n_devices=n_devices, records_per_shard=records_per_shard)
+    write_arrays(
+        str(root / "numerical"),
+        "numerical",
+        THETA_FID,
+        DELTA_THETA,
+        fiducial=f,
+        derivative=n,
+        validation_fiducial=vf,
+        validation_derivative=vn,
+        **common,
+    )
+    write_arrays(
+        str(root / "gradient"),
+        "gradient",
+        THETA_FID,
+        fiducial=f,
+        gradient=g,
+        validation_fiducial=vf,
+        validation_gradient=vg,
+        **common,
+    )
+    return root

@@ -9,8 +9,7 @@ import pytest
 
 import imnn_stream as im
 from imnn_stream.streaming import cache_budget, default_cache_bytes
-from writers.archive import write_arrays
-from ..toy_problem import DELTA_THETA, THETA_FID, toy_data
+from ..toy_problem import toy_data, write_toy_archives
 
 N_S, N_D = 96, 48
 MODEL = im.models.mlp((16, 16), 2)
@@ -18,32 +17,9 @@ MODEL = im.models.mlp((16, 16), 2)
 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory):
-    (f, n, g), (vf, vn, vg) = toy_data(5, N_S, N_D), toy_data(6, N_S, N_D)
-    root = tmp_path_factory.mktemp("cache")
-    write_arrays(
-        str(root / "numerical"),
-        "numerical",
-        THETA_FID,
-        DELTA_THETA,
-        fiducial=f,
-        derivative=n,
-        validation_fiducial=vf,
-        validation_derivative=vn,
-        n_devices=2,
-        records_per_shard=40,
+    return write_toy_archives(
+        tmp_path_factory.mktemp("cache"), toy_data(5, N_S, N_D), toy_data(6, N_S, N_D)
     )
-    write_arrays(
-        str(root / "gradient"),
-        "gradient",
-        THETA_FID,
-        fiducial=f,
-        gradient=g,
-        validation_fiducial=vf,
-        validation_gradient=vg,
-        n_devices=2,
-        records_per_shard=40,
-    )
-    return root
 
 
 CLASSES = {"numerical": im.DatasetNumericalGradientIMNN, "gradient": im.DatasetGradientIMNN}

@@ -7,8 +7,7 @@ import optax
 import pytest
 
 import imnn_stream as im
-from writers.archive import write_arrays
-from ..toy_problem import DELTA_THETA, THETA_FID, toy_data
+from ..toy_problem import DELTA_THETA, THETA_FID, toy_data, write_toy_archives
 
 N_S, N_D = 96, 48
 
@@ -48,32 +47,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def archives(data, tmp_path_factory):
-    (f, n, g), (vf, vn, vg) = data
-    root = tmp_path_factory.mktemp("archives")
-    write_arrays(
-        str(root / "num"),
-        "numerical",
-        THETA_FID,
-        DELTA_THETA,
-        fiducial=f,
-        derivative=n,
-        validation_fiducial=vf,
-        validation_derivative=vn,
-        n_devices=2,
-        records_per_shard=40,
-    )
-    write_arrays(
-        str(root / "grad"),
-        "gradient",
-        THETA_FID,
-        fiducial=f,
-        gradient=g,
-        validation_fiducial=vf,
-        validation_gradient=vg,
-        n_devices=2,
-        records_per_shard=40,
-    )
-    return root
+    return write_toy_archives(tmp_path_factory.mktemp("archives"), *data)
 
 
 @pytest.mark.parametrize("n_devices", [1, 2])
@@ -81,7 +55,7 @@ def test_numerical_archive_gradient_equals_in_memory(data, archives, cpu_devices
     (f, n, _), (vf, vn, _) = data
     ref = im.NumericalGradientIMNN(**common(), fiducial=f, derivative=n, δθ=DELTA_THETA)
     s = im.DatasetNumericalGradientIMNN.from_archive(
-        str(archives / "num"),
+        str(archives / "numerical"),
         model=MODEL,
         optimiser=optax.adam(1e-3),
         key_or_state=jax.random.PRNGKey(3),
@@ -104,7 +78,7 @@ def test_gradient_archive_gradient_equals_in_memory(data, archives, cpu_devices,
     (f, _, g), _ = data
     ref = im.GradientIMNN(**common(), fiducial=f, derivative=g)
     s = im.DatasetGradientIMNN.from_archive(
-        str(archives / "grad"),
+        str(archives / "gradient"),
         model=MODEL,
         optimiser=optax.adam(1e-3),
         key_or_state=jax.random.PRNGKey(3),
