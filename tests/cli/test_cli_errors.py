@@ -123,7 +123,13 @@ def test_bad_data_exits_1_with_one_line_and_traceback_only_with_debug(archives, 
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == "imnn-stream 0.1.0"
+    from importlib.metadata import version
+
+    import imnn_stream
+
+    installed = version("imnn-stream")
+    assert installed == imnn_stream.__version__  # one version, in pyproject and the package
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"imnn-stream {installed}"
 
 
 def test_resume_refuses_another_archive_or_model(archives, tmp_path, capsys):
