@@ -35,6 +35,7 @@ READ_CHUNK = 1 << 20  # bytes read at a time when the segment has that many left
 MAX_RUN_BYTES = 4 << 20  # at most this many bytes of records decoded per step
 BLOCK_BYTES = 1 << 20  # decoded records kept ahead of small batches
 DIRECT_BYTES = 256 << 10  # batches at least this large are decoded in place
+MAX_READ = 64 << 20  # bytes one read call may ask for (larger reads are split)
 
 
 class Reader:
@@ -86,7 +87,10 @@ class Reader:
     def _read(self, n: int) -> bytes:
         parts, got = [], 0
         while got < n:
-            chunk = self.f.read(n - got)
+            # capped per call: a forged record length (valid header CRC) must not make
+            # one read allocate it; the file's end stops the loop, and the framing check
+            # then names the truncated record
+            chunk = self.f.read(min(n - got, MAX_READ))
             if not chunk:
                 self.eof = True
                 break

@@ -157,6 +157,27 @@ def test_forged_record_length_is_a_named_error(small, length):
     assert "exceeds the remaining file size" in errs[0].message
 
 
+@pytest.mark.parametrize("length", [1 << 40, (1 << 64) - 1])
+def test_forged_record_length_in_the_stream_reader_is_a_named_error(tmp_path, length):
+    """The fit's reader (not only the validator) names the record instead of allocating
+    the forged length (MemoryError / OverflowError before). The shard is larger than the
+    reader's first read, so the file's end is not yet in view."""
+    fid, der, _ = make_arrays(n_s=4, n_d=2, shape=(256, 256))
+    root = str(tmp_path / "a")
+    m = write_arrays(
+        root, "numerical", [1.0, 2.0], [0.1, 0.2], fiducial=fid, derivative=der, records_per_shard=4
+    )
+    rel = m.files("train", "fiducial")[0]["path"]
+    _forge_length(os.path.join(root, rel), length)
+    streams = device_streams(root, "train", 1, 2, manifest=m)
+    try:
+        with pytest.raises(ArchiveError, match="record 0"):
+            for _ in range(4):
+                next(streams["fiducial"][0])
+    finally:
+        close_all(streams)
+
+
 def test_forged_record_length_cli_one_line(small, capsys):
     root, m = small
     rel = m.files("train", "fiducial")[0]["path"]
