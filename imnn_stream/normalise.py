@@ -4,7 +4,8 @@ The network sees (T(x) − m)/s instead of x, where T is an elementwise transfor
 (``none``, ``log1p`` for positive data spanning decades, ``asinh`` for data of
 either sign with heavy tails) and m, s are the mean and standard deviation of T(x)
 over the fiducial training set: per element for vector inputs, per channel (last
-axis) for rank-3 inputs, one scalar for 2-D fields. Because the normalisation is
+axis) for rank-3 inputs, one scalar for 2-D fields (``writers.input_stats``, which
+also gathers them into an archive's manifest as it is written). Because the normalisation is
 part of the function x ↦ summaries, every data mode stays exact: seed-matched
 differences pass raw inputs through it, and the gradient mode's JVP with dsim/dθ
 applies the chain rule d/dx [(T(x) − m)/s] = T′(x)/s automatically.
@@ -20,7 +21,16 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TRANSFORMS", "Normalisation", "Accumulator", "from_arrays", "wrap"]
+from writers.input_stats import InputStats, reduce_axes
+
+__all__ = [
+    "TRANSFORMS",
+    "Normalisation",
+    "Accumulator",
+    "from_arrays",
+    "from_statistics",
+    "wrap",
+]
 
 #: elementwise transforms applied before standardising
 TRANSFORMS = {
@@ -28,18 +38,6 @@ TRANSFORMS = {
     "log1p": jnp.log1p,  # inputs > −1 (positive data spanning orders of magnitude)
     "asinh": jnp.arcsinh,  # any sign; ~x near 0, ~sign(x) ln 2|x| for large |x|
 }
-_NP = {"none": lambda x: x, "log1p": np.log1p, "asinh": np.arcsinh}
-
-
-def _axes(input_shape):
-    """Axes of one input reduced over (besides the sample axis): none for vectors,
-    all but the last for rank-3 inputs, all for 2-D fields."""
-    rank = len(input_shape)
-    if rank <= 1:
-        return ()
-    if rank == 3:
-        return (0, 1)
-    return tuple(range(rank))
 
 
 @dataclass(frozen=True)
@@ -76,36 +74,46 @@ class Normalisation:
 
 
 class Accumulator:
-    """Sums and sums of squares of T(x) over batches float(n, *input_shape), in float64."""
+    """Count, mean and M2 of T(x) over batches float(n, *input_shape), in float64
+    (the mergeable :class:`writers.input_stats.InputStats` the archive writers use)."""
 
     def __init__(self, input_shape, transform="none"):
         self.input_shape, self.transform = tuple(input_shape), transform
-        self.axes = tuple(a + 1 for a in _axes(self.input_shape))
-        self.n = 0
-        self.s = self.ss = 0.0
+        self.axes = tuple(a + 1 for a in reduce_axes(self.input_shape))
+        self.stats = InputStats(self.input_shape, (transform,))
+
+    @property
+    def n(self) -> int:
+        """Values that went into each statistic."""
+        return self.stats.count
 
     def update(self, batch):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            x = _NP[self.transform](np.asarray(batch, np.float64))
-        if not np.all(np.isfinite(x)):
+        self.stats.update(batch)
+        if not self.stats.valid(self.transform):
             raise ValueError(
                 f"input transform {self.transform!r} gives non-finite values "
                 "(log1p needs inputs > −1)"
             )
-        axes = (0,) + self.axes
-        self.s = self.s + x.sum(axes)
-        self.ss = self.ss + (x**2).sum(axes)
-        self.n += x.size // np.prod(np.shape(x.sum(axes)), dtype=int)
         return self
 
     def finish(self) -> Normalisation:
-        if self.n < 2:
-            raise ValueError("input normalisation needs at least two fiducial inputs")
-        mean = self.s / self.n
-        var = np.maximum(self.ss / self.n - mean**2, 0.0) * self.n / (self.n - 1)
-        std = np.sqrt(var)
-        std = np.where(std > 1e-6 * (1 + np.abs(mean)), std, 1.0)  # constant elements
-        return Normalisation(self.transform, np.float32(mean), np.float32(std))
+        return from_statistics(self.stats, self.transform)
+
+
+def from_statistics(stats: InputStats, transform="none") -> Normalisation:
+    """The Normalisation of gathered statistics (e.g. an archive manifest's
+    ``input_statistics``, :meth:`writers.input_stats.InputStats.from_json`):
+    std with ddof 1, and 1 for constant elements."""
+    if not stats.valid(transform):
+        raise ValueError(
+            f"input transform {transform!r} is not defined on every input "
+            "(log1p needs inputs > −1) or they hold non-finite values"
+        )
+    if stats.count < 2:
+        raise ValueError("input normalisation needs at least two fiducial inputs")
+    mean, std = stats.mean(transform), np.sqrt(stats.var(transform))
+    std = np.where(std > 1e-6 * (1 + np.abs(mean)), std, 1.0)  # constant elements
+    return Normalisation(transform, np.float32(mean), np.float32(std))
 
 
 def from_arrays(fiducial, transform="none", input_shape=None) -> Normalisation:
