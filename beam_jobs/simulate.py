@@ -28,12 +28,13 @@ import importlib.util
 import json
 import os
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from writers.input_stats import FIDUCIAL_KINDS, StatsRecords
 from writers.layout import keys_per_seed, records_per_seed
 
 __all__ = [
@@ -415,7 +416,10 @@ class BatchSimulator:
 
         ``encode`` is ``writers.schema.encode_example``.
         """
-        out = self.simulate(kind, base_seed, seeds)
+        return self.encode(kind, seeds, self.simulate(kind, base_seed, seeds), encode)
+
+    def encode(self, kind: str, seeds: np.ndarray, out, encode) -> Iterator[bytes]:
+        """The records of :meth:`simulate`'s result ``out`` for ``seeds``, in archive order."""
         if self.mode == "numerical" and kind == "derivative":
             order = keys_per_seed(self.n_params, True)  # writers.layout: sign → parameter
             for seed, sims in zip(seeds, out):  # sims: (2, n_params, *input_shape)
@@ -431,14 +435,30 @@ class BatchSimulator:
 
 def shard_records(
     batcher: BatchSimulator, kind: str, base_seed: int, first_seed: int, last_seed: int, encode
-) -> Iterator[bytes]:
+) -> Iterable[bytes]:
     """All records of the seeds ``first_seed..last_seed`` (inclusive) of one shard,
     simulated in fixed-size batches and yielded lazily, so a shard streams into
-    its writer without being held in memory."""
+    its writer without being held in memory.
+
+    For the fiducial kinds the result is a :class:`writers.input_stats.StatsRecords`:
+    each batch's simulations (exactly the stored values: nothing is cast) are added
+    to the statistics of the inputs as the records stream into
+    ``writers.shard.write_shard``, which puts them in the shard's FileMeta (for
+    training shards; the manifest merges them into ``input_statistics``)."""
     size = batcher.seeds_per_batch(kind)
-    for start in range(first_seed, last_seed + 1, size):
-        seeds = np.arange(start, min(start + size, last_seed + 1), dtype=np.int64)
-        yield from batcher.records(kind, base_seed, seeds, encode)
+
+    def batches():
+        for start in range(first_seed, last_seed + 1, size):
+            seeds = np.arange(start, min(start + size, last_seed + 1), dtype=np.int64)
+            out = batcher.simulate(kind, base_seed, seeds)
+            yield (
+                (out[0] if isinstance(out, tuple) else out),
+                batcher.encode(kind, seeds, out, encode),
+            )
+
+    if kind in FIDUCIAL_KINDS:
+        return StatsRecords(batches(), batcher.input_shape)
+    return (r for _, records in batches() for r in records)
 
 
 def _short(err: BaseException) -> str:

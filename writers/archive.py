@@ -8,6 +8,7 @@ import numpy as np
 
 from . import fs
 from .errors import ArchiveError
+from .input_stats import FIDUCIAL_KINDS, StatsRecords
 from .layout import kind_features, plan_shards, record_keys
 from .manifest import MANIFEST_NAME, Manifest, new_manifest, write_manifest
 from .schema import encode_example
@@ -58,7 +59,8 @@ def write_arrays(
     ``validation_*`` likewise for the validation split (same n_s, n_d).
     The dtype of ``fiducial`` is kept (float32, float64, ...) unless
     ``dtype`` asks for another.  Refuses to write over an existing archive
-    unless ``overwrite``.
+    unless ``overwrite``.  The manifest records the statistics of the
+    fiducial training inputs (``input_statistics``, :mod:`writers.input_stats`).
     """
     if fiducial is None:
         raise ArchiveError("write_arrays needs `fiducial`")
@@ -143,11 +145,20 @@ def write_arrays(
         record_bytes=record_bytes,
     ):
         f, der, grad = arrays[spec.split]
-        meta = write_shard(root, spec, _records(mode, spec, f, der, grad, n_params))
-        manifest.add_file(spec, meta)
+        records = _records(mode, spec, f, der, grad, n_params)
+        if spec.kind in FIDUCIAL_KINDS:  # write_shard gathers their statistics (train only)
+            records = StatsRecords(_with_inputs(f, spec, records), input_shape)
+        manifest.add_file(spec, write_shard(root, spec, records))
     write_tfds_metadata(root, manifest)  # tfds.builder_from_directory(root/split/kind)
     write_manifest(root, manifest)
     return manifest
+
+
+def _with_inputs(fid, spec, records, block: int = 256):
+    """(inputs, ()) pairs of the shard's fiducial seeds in blocks, then its records."""
+    for a in range(spec.first_seed, spec.last_seed + 1, block):
+        yield fid[a : min(a + block, spec.last_seed + 1)], ()
+    yield None, records
 
 
 def _records(mode, spec, fid, der, grad, n_params):

@@ -8,7 +8,10 @@ that every record decodes with the kind's shapes and dtype; the record keys
 ``(seed, derivative, parameter)`` against the record order of
 :mod:`writers.layout`; no gradient or finite-difference features on kinds
 that have none; NaN/inf values (warnings unless ``nonfinite_fatal``); and,
-where given, the record count, size and SHA-256 the manifest claims.
+where given, the record count, size and SHA-256 the manifest claims.  For
+fiducial data it also gathers the inputs' statistics
+(:class:`writers.input_stats.InputStats`) in the same pass: the resumed job's
+FileMeta carries them to the manifest, the validator compares them with it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from .errors import ArchiveError
 from .layout import KindInfo, record_key
 from .schema import RecordSpec, decode_features, parse_features
 from .framing import FRAMING_BYTES, iter_records
+from .input_stats import FIDUCIAL_KINDS, InputStats
 from .shard import FileMeta, HashingReader
+
+#: decoded inputs added to the statistics at once
+_STATS_BLOCK = 256
 
 
 @dataclass
@@ -34,7 +41,8 @@ class ShardCheck:
     bytes / sha256: of the bytes read (the whole file unless the check
     stopped early); entries: ``(seed, derivative, parameter, offset,
     length)`` per decoded record (the Parquet index rows); errors and
-    warnings: ``(message, record or None)`` in the order found.
+    warnings: ``(message, record or None)`` in the order found;
+    input_stats: the statistics of the decoded inputs (None when not gathered).
     """
 
     path: str
@@ -44,6 +52,7 @@ class ShardCheck:
     entries: list = field(default_factory=list, repr=False)
     errors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    input_stats: Optional[InputStats] = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -52,7 +61,9 @@ class ShardCheck:
     def file_meta(self) -> FileMeta:
         """The file's :class:`FileMeta` (only for a file that passed)."""
         e = self.entries
-        return FileMeta(self.path, len(e), e[0][0], e[-1][0], self.bytes, self.sha256, e)
+        return FileMeta(
+            self.path, len(e), e[0][0], e[-1][0], self.bytes, self.sha256, e, self.input_stats
+        )
 
 
 class _Stop(Exception):
@@ -76,6 +87,7 @@ def check_shard(
     max_issues: int = 20,
     first_error_only: bool = False,
     source: str = "manifest",
+    input_stats: Optional[bool] = None,
 ) -> ShardCheck:
     """Check the file ``rel`` under ``root`` holding records of ``info``'s kind
     from seed ``first_seed`` on, decoded with ``spec``.
@@ -86,10 +98,14 @@ def check_shard(
     fiducial records may carry extra features). At most ``max_issues``
     record errors are listed per file, then their number. With
     ``first_error_only`` the check stops at the first error (the Beam job
-    rewrites such a file anyway). Never raises for a bad file; a missing
-    file raises :class:`writers.errors.MissingFileError`.
+    rewrites such a file anyway). input_stats: gather the statistics of the
+    records' inputs (default: for the fiducial kinds, ``FIDUCIAL_KINDS``).
+    Never raises for a bad file; a missing file raises
+    :class:`writers.errors.MissingFileError`.
     """
     out = ShardCheck(rel)
+    if input_stats if input_stats is not None else info.kind in FIDUCIAL_KINDS:
+        out.input_stats = InputStats(spec.input_shape)
     issues = 0
 
     def error(msg, rec=None):
@@ -158,6 +174,7 @@ def _records(
     """Check every record of the open file; returns how many there are."""
     nonfinite = 0
     n = 0
+    block = []  # decoded inputs not yet in out.input_stats
     for r, (offset, raw) in enumerate(iter_records(hf, rel, with_offsets=True)):
         n = r + 1
         try:
@@ -205,4 +222,11 @@ def _records(
                     else:
                         out.warnings.append((msg, r))
         out.entries.append((*got, offset, len(raw) + FRAMING_BYTES))
+        if out.input_stats is not None:
+            block.append(rec["data"])
+            if len(block) == _STATS_BLOCK:
+                out.input_stats.update(np.stack(block))
+                block.clear()
+    if block and out.input_stats is not None:
+        out.input_stats.update(np.stack(block))
     return n

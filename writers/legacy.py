@@ -7,7 +7,8 @@ with ``data``, ``seed`` and, for finite differences, ``derivative`` and
 ``parameter``.  :func:`adopt` scans them (nothing is rewritten), builds a
 manifest with ``record_format = "imnn-0.3"`` laid out for one device (the
 streams regroup for any device count), validates it, and only then writes
-``index.parquet`` and ``manifest.json``.
+``index.parquet`` and ``manifest.json``, with the statistics of the fiducial
+training inputs the validation pass gathered (``input_statistics``).
 
 In gradient mode the reference ``derivative`` files hold dsim/dθ (shape
 ``input_shape + (n_params,)``) under ``data``; the streams pair them with the
@@ -22,6 +23,7 @@ from typing import Optional
 
 from . import fs
 from .errors import ArchiveError
+from .input_stats import InputStats
 from .layout import LEGACY_FILE, MODES, records_per_seed
 from .manifest import MANIFEST_NAME, Manifest, write_manifest
 from .schema import record_seed
@@ -194,6 +196,10 @@ def adopt(
     )
     report = validate(root, manifest=m)
     if report.ok:
+        # the validator read every record: the fiducial training inputs' statistics
+        # come from that pass (writers.input_stats), not a second one
+        if report.input_statistics is not None:
+            m.set_input_statistics(InputStats.from_json(report.input_statistics, m.input_shape))
         write_tfds_metadata(root, m)  # tfds.builder_from_directory(root/split/kind)
         write_manifest(root, m)
     return m, report

@@ -25,8 +25,15 @@ Schema (version 1)::
           "finite_difference": bool, "gradient": bool,
           "devices": [{"device": d, "first_seed": int, "last_seed": int,
                        "files": [{"path", "count", "first_seed", "last_seed",
-                                  "bytes", "sha256"}, ...]}, ...]}}}
+                                  "bytes", "sha256"}, ...]}, ...]}}},
+      "input_statistics": {...}   # optional, version "1.1": writers.input_stats
     }
+
+``input_statistics`` (count, mean and M2 of the fiducial training inputs, per
+element or channel, for each input transform) is gathered while the shards are
+written: each fiducial training shard's FileMeta carries its statistics,
+:meth:`Manifest.add_file` keeps them and :func:`write_manifest` merges them,
+and only when every such file brought its own.
 
 The manifest is written last: it is the commit marker, and only the files it
 lists belong to the archive.  Every listed path is relative, normalised and
@@ -46,16 +53,10 @@ import numpy as np
 
 from . import durable, fs
 from .errors import ArchiveError, MissingFileError
-from .layout import (
-    INDEX_NAME,
-    MANIFEST_NAME,
-    SPLITS,
-    KindInfo,
-    ShardSpec,
-    device_seeds,
-    kinds,
-)
-from .manifest_schema import MINOR, check_version, field_errors
+from .layout import INDEX_NAME, MANIFEST_NAME, SPLITS, KindInfo, ShardSpec, device_seeds, kinds
+from .input_stats import FIDUCIAL_KINDS, InputStats, merge_all
+from .manifest_schema import MAJOR, MINOR, OPTIONAL, check_version, consistency_errors
+from .manifest_schema import field_errors
 from .schema import RecordSpec
 from .shard import FileMeta, records_array
 
@@ -98,10 +99,13 @@ class Manifest:
     record_format: str = "imnn-stream"
     index: Optional[str] = None
     layout: dict = field(default_factory=dict)
-    version: int = VERSION
+    input_statistics: Optional[dict] = None
+    version: int | str = VERSION
     format: str = FORMAT
     # Per-file record index entries gathered while writing (not serialised).
     _records: dict = field(default_factory=dict, repr=False, compare=False)
+    # Per-file InputStats of the fiducial training files gathered while writing.
+    _file_stats: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------ accessors
     def kind_info(self, split: str, kind: str) -> KindInfo:
@@ -174,6 +178,37 @@ class Manifest:
         files.sort(key=lambda f: f["path"])
         if meta.records is not None:
             self.set_record_entries(meta.path, meta.records)
+        if spec.split == "train" and spec.kind in FIDUCIAL_KINDS:
+            self._file_stats[meta.path] = meta.input_stats
+
+    def statistics_kinds(self) -> list[str]:
+        """The kinds of the train split holding its fiducial inputs, in order."""
+        return [k for k in self.layout.get("train", {}) if k in FIDUCIAL_KINDS]
+
+    def input_stats(self) -> Optional[InputStats]:
+        """The recorded ``input_statistics`` as an InputStats (None if none)."""
+        if self.input_statistics is None:
+            return None
+        return InputStats.from_json(self.input_statistics, self.input_shape)
+
+    def set_input_statistics(self, stats: Optional[InputStats]) -> None:
+        """Record ``stats`` (of every fiducial training input) as
+        ``input_statistics``, raising the version to 1.1 where it was 1.0."""
+        if stats is None:
+            self.input_statistics = None
+            return
+        self.input_statistics = stats.to_json("train", self.statistics_kinds())
+        version = OPTIONAL["input_statistics"]
+        if check_version(self.version)[0] < (MAJOR, version):
+            self.version = f"{MAJOR}.{version}"
+
+    def gather_input_statistics(self) -> None:
+        """Merge the statistics the fiducial training files brought to
+        :meth:`add_file` (in path order) into ``input_statistics``; kept as it
+        is unless every such file brought them."""
+        paths = [f["path"] for k in self.statistics_kinds() for f in self.files("train", k)]
+        if paths and all(self._file_stats.get(p) is not None for p in paths):
+            self.set_input_statistics(merge_all(self._file_stats[p] for p in sorted(paths)))
 
     # ------------------------------------------------------------ JSON
     def to_json(self) -> dict:
@@ -183,7 +218,7 @@ class Manifest:
         return {
             f: copy.deepcopy(getattr(self, f)) if f == "layout" else getattr(self, f)
             for f in self.__dataclass_fields__
-            if not f.startswith("_")
+            if not f.startswith("_") and not (f in OPTIONAL and getattr(self, f) is None)
         }
 
     def dumps(self) -> str:
@@ -202,8 +237,12 @@ class Manifest:
         version, problem = check_version(d.get("version"))
         if problem:
             raise ArchiveError(problem, path)
-        names = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
-        missing = sorted(n for n in names if n not in d)
+        names = {
+            f
+            for f in cls.__dataclass_fields__
+            if not f.startswith("_") and OPTIONAL.get(f, 0) <= version[1]
+        }
+        missing = sorted(n for n in names if n not in d and n not in OPTIONAL)
         if missing:
             raise ArchiveError(f"missing fields {missing}", path)
         unknown = sorted(set(d) - names)
@@ -222,7 +261,7 @@ class Manifest:
         problems = field_errors(d)
         if problems:
             raise ArchiveError("; ".join(problems), path)
-        return cls(**{k: d[k] for k in names})
+        return cls(**{k: d[k] for k in names if k in d})
 
 
 def jax_versions(prng_impl: Optional[str] = None) -> dict:
@@ -305,119 +344,15 @@ def new_manifest(
     return m
 
 
-def consistency_errors(m: Manifest, require_files: bool = True) -> list[str]:
-    """Schema and internal-consistency problems of a manifest (empty if none)."""
-    e = []
-
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    e = field_errors({k: v for k, v in vars(m).items() if not k.startswith("_")})
-    if e:
-        return e
-    if len(m.theta_fid) != m.n_params:
-        e.append(f"theta_fid: expected {m.n_params} values, got {m.theta_fid!r}")
-    if m.mode == "numerical" and (
-        not isinstance(m.delta_theta, list) or len(m.delta_theta) != m.n_params
-    ):
-        e.append(f"delta_theta: numerical mode needs {m.n_params} values, got {m.delta_theta!r}")
-    elif m.delta_theta is not None and len(m.delta_theta) != m.n_params:
-        e.append(f"delta_theta: expected {m.n_params} values or null, got {m.delta_theta!r}")
-    if set(m.layout) != set(m.splits):
-        e.append(f"layout: splits {sorted(m.layout)} differ from splits {sorted(m.splits)}")
-    if set(m.base_seeds) != set(m.splits):
-        e.append(f"base_seeds: expected an integer for each of {m.splits}, got {m.base_seeds!r}")
-    elif len(set(m.base_seeds.values())) != len(m.base_seeds):
-        e.append(f"base_seeds: splits must use different seeds, got {m.base_seeds!r}")
-    if e:
-        return e
-    try:
-        expected = {k.kind: k for k in kinds(m.mode, m.n_s, m.n_d, m.n_params)}
-    except ArchiveError as err:
-        return [str(err)]
-    if m.record_format == "imnn-0.3" and m.mode == "gradient":
-        # Adopted reference archives keep their fiducial/derivative files.
-        expected = {
-            "fiducial": KindInfo("fiducial", 0, m.n_s, 1),
-            "derivative": KindInfo("derivative", 0, m.n_d, 1, gradient=True),
-        }
-    for split in m.splits:
-        layout = m.layout[split]
-        if set(layout) != set(expected):
-            e.append(
-                f"layout.{split}: kinds {sorted(layout)}, expected "
-                f"{sorted(expected)} for mode {m.mode!r}"
-            )
-            continue
-        for kind, info in expected.items():
-            k = layout[kind]
-            where = f"layout.{split}.{kind}"
-            for key, want in (
-                ("first_seed", info.first_seed),
-                ("n_seeds", info.n_seeds),
-                ("records_per_seed", info.records_per_seed),
-            ):
-                if k.get(key) != want:
-                    e.append(f"{where}.{key}: expected {want}, got {k.get(key)!r}")
-            devices = k.get("devices", [])
-            if not devices:
-                e.append(f"{where}.devices: empty")
-                continue
-            next_seed = info.first_seed
-            for d, dev in enumerate(devices):
-                dw = f"{where}.devices[{d}]"
-                if dev.get("device") != d:
-                    e.append(f"{dw}.device: expected {d}, got {dev.get('device')!r}")
-                if dev.get("first_seed") != next_seed:
-                    e.append(
-                        f"{dw}.first_seed: expected {next_seed} (contiguous with the "
-                        f"previous device), got {dev.get('first_seed')!r}"
-                    )
-                last = dev.get("last_seed")
-                if not is_int(last) or not is_int(dev.get("first_seed")):
-                    e.append(f"{dw}: seeds must be integers")
-                    break
-                files = dev.get("files", [])
-                if require_files and not files:
-                    e.append(f"{dw}.files: no files for seeds {dev['first_seed']}..{last}")
-                fseed = dev["first_seed"]
-                for j, f in enumerate(files):
-                    fw = f"{dw}.files[{j}] ({f.get('path')})"
-                    missing = [
-                        x
-                        for x in ("path", "count", "first_seed", "last_seed", "bytes", "sha256")
-                        if x not in f
-                    ]
-                    if missing:
-                        e.append(f"{fw}: missing {missing}")
-                        continue
-                    if f["first_seed"] != fseed:
-                        e.append(f"{fw}.first_seed: expected {fseed}, got {f['first_seed']}")
-                    n = (f["last_seed"] - f["first_seed"] + 1) * info.records_per_seed
-                    if f["count"] != n:
-                        e.append(
-                            f"{fw}.count: seeds {f['first_seed']}..{f['last_seed']} need "
-                            f"{n} records, manifest says {f['count']}"
-                        )
-                    fseed = f["last_seed"] + 1
-                if files and fseed != last + 1:
-                    e.append(f"{dw}: files end at seed {fseed - 1}, device ends at {last}")
-                next_seed = last + 1
-            if next_seed != info.first_seed + info.n_seeds:
-                e.append(
-                    f"{where}: devices cover seeds {info.first_seed}..{next_seed - 1}, "
-                    f"expected {info.first_seed}..{info.first_seed + info.n_seeds - 1}"
-                )
-    return e
-
-
 def write_manifest(root: str, manifest: Manifest, write_index: bool = True) -> str:
-    """Check ``manifest`` and write it (and the Parquet index) under ``root``.
+    """Check ``manifest`` and write it (and the Parquet index) under ``root``,
+    with the input statistics its files brought (:meth:`Manifest.gather_input_statistics`).
 
     The index is written first and the manifest last: the manifest is the
     commit marker.  Raises :class:`ArchiveError` on an inconsistent
     manifest without writing anything.  Returns the manifest's path.
     """
+    manifest.gather_input_statistics()
     errors = consistency_errors(manifest)
     if errors:
         raise ArchiveError(

@@ -5,12 +5,14 @@ ranges, finite θ, δθ > 0, known ``mode`` / ``dtype`` / ``record_format``,
 the layout's nesting) and every listed file path against the archive
 confinement rule :func:`writers.layout.relpath_problem`, naming the entry
 (``layout.train.fiducial.devices[0].files[2]``).  Each problem is one line;
-:func:`writers.manifest.consistency_errors` relies on these types.
+:func:`consistency_errors` (re-exported by ``writers.manifest``) relies on
+these types and adds the cross-field rules.
 
 Versions (see docs/archive-contract.md, "Manifest evolution"): ``version``
-is the major version as an integer (``1``, what this package writes) or
-``"MAJOR.MINOR"`` as a string (``"1.1"``).  :func:`check_version` accepts
-major 1 of any minor and refuses another major naming both versions.
+is the major version as an integer (``1``) or ``"MAJOR.MINOR"`` as a string
+(``"1.1"``, what this package writes when it records ``input_statistics``,
+the one optional field, added by 1.1: :data:`OPTIONAL`).  :func:`check_version`
+accepts major 1 of any minor and refuses another major naming both versions.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .layout import MODES, SPLITS, relpath_problem
+from .errors import ArchiveError
+from .input_stats import FIDUCIAL_KINDS, json_errors
+from .layout import MODES, SPLITS, KindInfo, relpath_problem
+from .layout import kinds as layout_kinds
 from .schema import SUPPORTED_DTYPES
 
 MAJOR = 1
-MINOR = 0
+MINOR = 1
+#: optional fields and the minor version that added them (absent: null)
+OPTIONAL = {"input_statistics": 1}
 RECORD_FORMATS = ("imnn-stream", "imnn-0.3")
 FILE_KEYS = ("path", "count", "first_seed", "last_seed", "bytes", "sha256")
 _MAX_INT = 1 << 53  # JSON's exact integers
@@ -153,6 +160,13 @@ def field_errors(d: dict) -> list[str]:
     else:
         for s, v in seeds.items():
             integer(f"base_seeds.{s}", v)
+    stats = d.get("input_statistics")
+    if stats is not None:
+        version = parse_version(d.get("version"))
+        if version is not None and version < (MAJOR, OPTIONAL["input_statistics"]):
+            e.append(f'input_statistics: needs version "{MAJOR}.{OPTIONAL["input_statistics"]}"')
+        if isinstance(shape, list) and all(_is_int(x) and x > 0 for x in shape):
+            e.extend(json_errors(stats, shape))
     index = d.get("index")
     if index is not None:
         problem = relpath_problem(index)
@@ -217,4 +231,132 @@ def _file_errors(fw: str, f, split, kind, device, j) -> list[str]:
             e.append(f"{entry}.{key}: expected an integer >= 0, got {_short(f[key])}")
     if "sha256" in f and not isinstance(f["sha256"], str):
         e.append(f"{entry}.sha256: expected a hex string, got {_short(f['sha256'])}")
+    return e
+
+
+def consistency_errors(m, require_files: bool = True) -> list[str]:
+    """Schema and internal-consistency problems of a manifest (empty if none);
+    ``m`` a :class:`writers.manifest.Manifest`."""
+    e = []
+
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    e = field_errors({k: v for k, v in vars(m).items() if not k.startswith("_")})
+    if e:
+        return e
+    if len(m.theta_fid) != m.n_params:
+        e.append(f"theta_fid: expected {m.n_params} values, got {m.theta_fid!r}")
+    if m.mode == "numerical" and (
+        not isinstance(m.delta_theta, list) or len(m.delta_theta) != m.n_params
+    ):
+        e.append(f"delta_theta: numerical mode needs {m.n_params} values, got {m.delta_theta!r}")
+    elif m.delta_theta is not None and len(m.delta_theta) != m.n_params:
+        e.append(f"delta_theta: expected {m.n_params} values or null, got {m.delta_theta!r}")
+    if set(m.layout) != set(m.splits):
+        e.append(f"layout: splits {sorted(m.layout)} differ from splits {sorted(m.splits)}")
+    if set(m.base_seeds) != set(m.splits):
+        e.append(f"base_seeds: expected an integer for each of {m.splits}, got {m.base_seeds!r}")
+    elif len(set(m.base_seeds.values())) != len(m.base_seeds):
+        e.append(f"base_seeds: splits must use different seeds, got {m.base_seeds!r}")
+    if e:
+        return e
+    try:
+        expected = {k.kind: k for k in layout_kinds(m.mode, m.n_s, m.n_d, m.n_params)}
+    except ArchiveError as err:
+        return [str(err)]
+    if m.record_format == "imnn-0.3" and m.mode == "gradient":
+        # Adopted reference archives keep their fiducial/derivative files.
+        expected = {
+            "fiducial": KindInfo("fiducial", 0, m.n_s, 1),
+            "derivative": KindInfo("derivative", 0, m.n_d, 1, gradient=True),
+        }
+    for split in m.splits:
+        layout = m.layout[split]
+        if set(layout) != set(expected):
+            e.append(
+                f"layout.{split}: kinds {sorted(layout)}, expected "
+                f"{sorted(expected)} for mode {m.mode!r}"
+            )
+            continue
+        for kind, info in expected.items():
+            k = layout[kind]
+            where = f"layout.{split}.{kind}"
+            for key, want in (
+                ("first_seed", info.first_seed),
+                ("n_seeds", info.n_seeds),
+                ("records_per_seed", info.records_per_seed),
+            ):
+                if k.get(key) != want:
+                    e.append(f"{where}.{key}: expected {want}, got {k.get(key)!r}")
+            devices = k.get("devices", [])
+            if not devices:
+                e.append(f"{where}.devices: empty")
+                continue
+            next_seed = info.first_seed
+            for d, dev in enumerate(devices):
+                dw = f"{where}.devices[{d}]"
+                if dev.get("device") != d:
+                    e.append(f"{dw}.device: expected {d}, got {dev.get('device')!r}")
+                if dev.get("first_seed") != next_seed:
+                    e.append(
+                        f"{dw}.first_seed: expected {next_seed} (contiguous with the "
+                        f"previous device), got {dev.get('first_seed')!r}"
+                    )
+                last = dev.get("last_seed")
+                if not is_int(last) or not is_int(dev.get("first_seed")):
+                    e.append(f"{dw}: seeds must be integers")
+                    break
+                files = dev.get("files", [])
+                if require_files and not files:
+                    e.append(f"{dw}.files: no files for seeds {dev['first_seed']}..{last}")
+                fseed = dev["first_seed"]
+                for j, f in enumerate(files):
+                    fw = f"{dw}.files[{j}] ({f.get('path')})"
+                    missing = [
+                        x
+                        for x in ("path", "count", "first_seed", "last_seed", "bytes", "sha256")
+                        if x not in f
+                    ]
+                    if missing:
+                        e.append(f"{fw}: missing {missing}")
+                        continue
+                    if f["first_seed"] != fseed:
+                        e.append(f"{fw}.first_seed: expected {fseed}, got {f['first_seed']}")
+                    n = (f["last_seed"] - f["first_seed"] + 1) * info.records_per_seed
+                    if f["count"] != n:
+                        e.append(
+                            f"{fw}.count: seeds {f['first_seed']}..{f['last_seed']} need "
+                            f"{n} records, manifest says {f['count']}"
+                        )
+                    fseed = f["last_seed"] + 1
+                if files and fseed != last + 1:
+                    e.append(f"{dw}: files end at seed {fseed - 1}, device ends at {last}")
+                next_seed = last + 1
+            if next_seed != info.first_seed + info.n_seeds:
+                e.append(
+                    f"{where}: devices cover seeds {info.first_seed}..{next_seed - 1}, "
+                    f"expected {info.first_seed}..{info.first_seed + info.n_seeds - 1}"
+                )
+    if m.input_statistics is not None:
+        e.extend(
+            _statistics_errors(
+                m.input_statistics, m.n_s, [k for k in expected if k in FIDUCIAL_KINDS]
+            )
+        )
+    return e
+
+
+def _statistics_errors(st: dict, n_s: int, kinds: list) -> list[str]:
+    """``input_statistics`` against the manifest's fiducial training data."""
+    e = []
+    if st.get("split") != "train":
+        e.append(f"input_statistics.split: expected 'train', got {_short(st.get('split'))}")
+    if st.get("kinds") != kinds:
+        e.append(f"input_statistics.kinds: expected {kinds}, got {_short(st.get('kinds'))}")
+    if st.get("records") != n_s:
+        e.append(
+            f"input_statistics.records: expected n_s = {n_s} fiducial training inputs, "
+            f"got {_short(st.get('records'))}"
+        )
     return e

@@ -13,6 +13,7 @@ from .errors import ArchiveError
 from .layout import ShardSpec
 from .schema import record_seed
 from .framing import frame
+from .input_stats import FIDUCIAL_KINDS, InputStats, StatsRecords
 
 
 def records_array(entries) -> np.ndarray:
@@ -33,7 +34,10 @@ class FileMeta:
     record in bytes) for the Parquet index; it is not stored in the manifest.
     One array rather than a tuple per record: ~40 instead of ~180 bytes per
     record where Beam gathers every shard's index for the manifest step, and it
-    pickles as raw bytes.
+    pickles as raw bytes.  ``input_stats``: the
+    :class:`writers.input_stats.InputStats` of the file's inputs where the
+    writer gathered them (fiducial training shards), merged into the
+    manifest's ``input_statistics``; not stored per file either.
     """
 
     path: str
@@ -43,6 +47,7 @@ class FileMeta:
     bytes: int
     sha256: str
     records: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    input_stats: Optional[InputStats] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.records is not None:
@@ -62,7 +67,7 @@ class FileMeta:
     @classmethod
     def from_json(cls, d: dict) -> "FileMeta":
         keys = ("path", "count", "first_seed", "last_seed", "bytes", "sha256", "records")
-        return cls(**{k: d[k] for k in keys if k in d})
+        return cls(**{k: d[k] for k in keys if k in d}, input_stats=d.get("input_stats"))
 
 
 def write_shard(
@@ -75,12 +80,18 @@ def write_shard(
     never leaves a half-file under the final name.  With a
     :class:`ShardSpec` the record count and seed range are checked before
     the file is committed; a mismatch raises :class:`ArchiveError` and
-    leaves nothing behind.  Returns the file's :class:`FileMeta`.
+    leaves nothing behind.  Returns the file's :class:`FileMeta`, with the
+    statistics of its inputs when ``records`` is a
+    :class:`writers.input_stats.StatsRecords` and the spec is of fiducial
+    training data (or there is no spec).
     """
     if isinstance(spec_or_relpath, ShardSpec):
         spec, relpath = spec_or_relpath, spec_or_relpath.path
     else:
         spec, relpath = None, str(spec_or_relpath)
+    with_stats = isinstance(records, StatsRecords)
+    if with_stats and spec is not None and not _fiducial_training(spec):
+        records.stats = None  # nothing to gather: validation or derivative records
     path = fs.join(root, relpath)
     digest = hashlib.sha256()
     index = []
@@ -114,8 +125,19 @@ def write_shard(
         if spec is not None and len(index) != spec.n_records:
             raise ArchiveError(f"expected {spec.n_records} records, got {len(index)}", relpath)
     return FileMeta(
-        relpath, len(index), index[0][0], index[-1][0], offset, digest.hexdigest(), index
+        relpath,
+        len(index),
+        index[0][0],
+        index[-1][0],
+        offset,
+        digest.hexdigest(),
+        index,
+        records.stats if with_stats else None,
     )
+
+
+def _fiducial_training(spec: ShardSpec) -> bool:
+    return spec.split == "train" and spec.kind in FIDUCIAL_KINDS
 
 
 def file_digest(path: str) -> tuple[int, str]:

@@ -8,7 +8,9 @@ and seed ranges contiguous per device without gaps or duplicates across
 devices; finite-difference records complete and ordered seed → sign →
 parameter and matched to the fiducial seeds; gradients on exactly the first
 n_d seeds; NaN/inf values (warnings unless ``nonfinite_fatal``); the
-Parquet index agreeing with the files.
+Parquet index agreeing with the files; the manifest's ``input_statistics``
+(shapes against the input shape, and values against the statistics of the
+fiducial training records, gathered in the same single pass).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from . import fs
 from .check import check_shard
 from .errors import ArchiveError, format_location
 from .layout import GENERATE_LOCK, MANIFEST_NAME, TFDS_FILES, tfds_files
+from .input_stats import FIDUCIAL_KINDS, InputStats, merge_all
 from .manifest import Manifest, consistency_errors, kind_record_spec, parse_manifest
+
+#: relative tolerance of recorded against recomputed input statistics
+STATS_RTOL = 1e-6
 
 
 @dataclass
@@ -40,12 +46,15 @@ class Issue:
 
 @dataclass
 class ValidationReport:
-    """Result of :func:`validate`: ``ok`` is True only without errors."""
+    """Result of :func:`validate`: ``ok`` is True only without errors.
+    ``input_statistics``: the statistics of the fiducial training inputs as
+    read (JSON, as the manifest records them; None when not all were read)."""
 
     root: str
     errors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    input_statistics: Optional[dict] = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -148,6 +157,7 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest, progres
     total_records = total_bytes = done = 0
     listed_bytes = sum(int(f.get("bytes") or 0) for f in m.all_files())
     file_records = {}
+    file_stats: dict = {}  # path -> InputStats of the fiducial training files
     for split in m.layout:
         for kind in m.layout[split]:
             info = m.kind_info(split, kind)
@@ -171,7 +181,10 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest, progres
                     legacy=m.record_format == "imnn-0.3",
                     nonfinite_fatal=nonfinite_fatal,
                     max_issues=max_issues_per_file,
+                    input_stats=split == "train" and kind in FIDUCIAL_KINDS,
                 )
+                if c.input_stats is not None:
+                    file_stats[f["path"]] = c.input_stats if c.ok else None
                 for msg, r in c.errors:
                     err(msg, f["path"], r)
                 for msg, r in c.warnings:
@@ -183,6 +196,7 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest, progres
                     progress(done, listed_bytes)
     if m.index:
         _check_index(root, m, file_records, err, warn)
+    _check_statistics(rep, m, file_stats, err)
     rep.summary = {
         "files": len(file_records),
         "records": total_records,
@@ -194,6 +208,24 @@ def _validate(rep, root, nonfinite_fatal, max_issues_per_file, manifest, progres
         "n_params": m.n_params,
         "n_devices": m.n_devices,
     }
+
+
+def _check_statistics(rep, m: Manifest, file_stats: dict, err) -> None:
+    """The recorded ``input_statistics`` against those of the records read
+    (their shapes were checked with the manifest)."""
+    paths = [f["path"] for k in m.statistics_kinds() for f in m.files("train", k)]
+    got = None
+    if paths and all(file_stats.get(p) is not None for p in paths):
+        got = merge_all(file_stats[p] for p in sorted(paths))
+        rep.input_statistics = got.to_json("train", m.statistics_kinds())
+    if m.input_statistics is None or got is None:
+        return
+    recorded = InputStats.from_json(m.input_statistics, m.input_shape)
+    for problem in got.differences(recorded, STATS_RTOL):
+        err(
+            f"input_statistics disagree with the fiducial training records: {problem}",
+            MANIFEST_NAME,
+        )
 
 
 def _check_index(root, m, file_records, err, warn):

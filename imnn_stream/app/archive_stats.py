@@ -1,29 +1,46 @@
 """Input normalisation of an archive's trainer: the statistics of its fiducial
-training inputs, read once as a stream (bounded memory) before the fit."""
+training inputs, from the manifest's ``input_statistics`` where the writer
+recorded them (``generate``, ``write_arrays``, ``adopt``: no read), else read
+once as a stream (bounded memory) before the fit (archives written before the
+manifest recorded them, or statistics invalid for the transform)."""
 
 from __future__ import annotations
 
-from ..normalise import Accumulator, Normalisation
+from ..normalise import Accumulator, Normalisation, from_statistics
 
-__all__ = ["archive_normalisation"]
+__all__ = ["archive_normalisation", "read_normalisation"]
 
 
 def archive_normalisation(archive, transform="none", batch=1024) -> Normalisation:
     """(T(x) − m)/s with m, s of T(x) over the fiducial inputs of the train split."""
     from writers.manifest import read_manifest
-    from writers.streams import close_all, device_streams, epoch_records
 
     m = read_manifest(archive)
-    kind = "fiducial" if "fiducial" in m.kinds("train") else "main"
-    n = epoch_records(m, "train", kind, 1)
-    streams = device_streams(archive, "train", 1, min(n, batch), manifest=m)
+    stats = m.input_stats()
+    if stats is not None and stats.valid(transform):
+        return from_statistics(stats, transform)
+    return read_normalisation(archive, transform, batch, m)
+
+
+def read_normalisation(archive, transform="none", batch=1024, manifest=None) -> Normalisation:
+    """The normalisation of :func:`archive_normalisation`, reading every
+    fiducial training input (every kind of fiducial simulations: gradient-mode
+    ``main`` and ``remaining``)."""
+    from writers.input_stats import FIDUCIAL_KINDS
+    from writers.manifest import read_manifest
+    from writers.streams import close_all, device_streams, epoch_records, stream_kinds
+
+    m = manifest if manifest is not None else read_manifest(archive)
     acc = Accumulator(m.input_shape, transform)
+    counts = {k: epoch_records(m, "train", k, 1) for k in stream_kinds(m) if k in FIDUCIAL_KINDS}
+    streams = device_streams(archive, "train", 1, min(max(counts.values()), batch), manifest=m)
     try:
-        it, got = streams[kind][0], 0
-        while got < n:
-            b = next(it)["data"]
-            acc.update(b)
-            got += len(b)
+        for kind, n in counts.items():
+            it, got = streams[kind][0], 0
+            while got < n:
+                b = next(it)["data"][: n - got]
+                acc.update(b)
+                got += len(b)
     finally:
         close_all(streams)
     return acc.finish()

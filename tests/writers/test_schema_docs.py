@@ -81,7 +81,19 @@ def _errors(d):
 
 def test_versioning_rule_and_refusals(tmp_path):
     _, d = _archive(tmp_path, "numerical", 2)
+    assert not _errors(d) and d["version"] == "1.1"
+    # 1.1's optional input_statistics: absent in older manifests, not in a 1.0 one
+    d = {**{k: v for k, v in d.items() if k != "input_statistics"}, "version": 1}
     assert not _errors(d)
+    _, d11 = _archive(tmp_path / "again", "numerical", 2)
+    assert _errors({**d11, "version": 1}) and _errors({**d11, "version": "1.0"})
+    assert not _errors({**d11, "input_statistics": None})
+    bad = copy.deepcopy(d11)
+    bad["input_statistics"]["transforms"]["sqrt"] = None
+    assert _errors(bad)
+    bad = copy.deepcopy(d11)
+    bad["input_statistics"]["transforms"]["none"]["mean"] = "0"
+    assert _errors(bad)
     # version 1.0 has no unknown field, at any level
     assert _errors({**d, "compression": "zstd"})
     for v in ("1", "1.0"):
