@@ -198,6 +198,7 @@ def _generate_locked(out, job, plan, batcher, beam_args, progress, log) -> Gener
     # 4. the pipeline
     from .pipeline import run_pipeline  # Beam only from here on
 
+    before = _local_files(out, plan)
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     watcher = _Progress(out, plan, start) if show else None
@@ -213,9 +214,30 @@ def _generate_locked(out, job, plan, batcher, beam_args, progress, log) -> Gener
     if counters:  # a counter never incremented is not reported: it is 0
         written, kept = counters.get("shards_written", 0), counters.get("shards_kept", 0)
         records = counters.get("records_simulated", 0)
-    else:  # a runner without metrics: report the plan
-        written, kept, records = len(plan), 0, sum(s.n_records for s in plan)
+    else:  # a runner without metrics (Dask): what the files say, or the plan
+        after = _local_files(out, plan)
+        rewritten = [
+            s for s in plan if before.get(s.path) is None or before[s.path] != after.get(s.path)
+        ]
+        written, kept = len(rewritten), len(plan) - len(rewritten)
+        records = sum(s.n_records for s in rewritten)
     return GenerationResult(manifest, len(plan), int(written), int(kept), int(records), seconds)
+
+
+def _local_files(out, plan) -> dict:
+    """{shard path: (inode, mtime, size)} of the plan's files under their final
+    names in a local archive ({} for a URL). A shard kept by the pipeline is the
+    same file afterwards; a written one is a new file (published by rename)."""
+    if fs.is_url(out):
+        return {}
+    found = {}
+    for spec in plan:
+        try:
+            st = os.stat(fs.join(out, spec.path))
+        except OSError:
+            continue
+        found[spec.path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return found
 
 
 class JobFailed(RuntimeError):

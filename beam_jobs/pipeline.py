@@ -13,6 +13,12 @@ compiled once per worker; records stream into ``writers.shard.write_shard``,
 which publishes the file only when it is complete. The content of a file
 depends only on its plan entry and the job, never on which worker, in which
 order or on which runner it was written.
+
+Every transform used here runs on the portable runners (FnApiRunner, Dataflow,
+Flink, Spark) and on Beam's Dask runner, which translates only Create, ParDo,
+GroupByKey and Flatten (Reshuffle is a no-op there, combiners expand to
+GroupByKey + ParDo): the Dask runner spreads work by the partitions of the
+``Create``, so :func:`pipeline_options` gives it one partition per shard file.
 """
 
 from __future__ import annotations
@@ -45,7 +51,15 @@ from .simulate import (
     use_compilation_cache,
 )
 
-__all__ = ["pipeline_options", "make_pipeline", "build", "run_pipeline", "check_existing"]
+__all__ = [
+    "pipeline_options",
+    "make_pipeline",
+    "build",
+    "run_pipeline",
+    "check_existing",
+    "is_dask",
+    "DASK_RUNNER",
+]
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "beam_jobs"
@@ -56,7 +70,31 @@ def _given(argv: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def pipeline_options(beam_argv: Optional[Sequence[str]] = None) -> PipelineOptions:
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_DASK_NAMES = {"daskrunner", "dask", DASK_RUNNER.lower()}
+
+
+def is_dask(opts: PipelineOptions) -> bool:
+    """Whether ``--runner`` names Beam's Dask runner (``DaskRunner``, ``dask`` or
+    its full class path, any case): Beam's runner registry lacks the short name."""
+    runner = opts.view_as(StandardOptions).runner
+    return isinstance(runner, str) and runner.lower() in _DASK_NAMES
+
+
+def _dask_runner():
+    try:
+        from apache_beam.runners.dask.dask_runner import DaskRunner
+        import dask.distributed  # noqa: F401  (the runner's client)
+    except ImportError as err:
+        raise ImportError(
+            f"--runner=DaskRunner needs dask[distributed] ({err}); pip install 'imnn-stream[dask]'"
+        ) from err
+    return DaskRunner()
+
+
+def pipeline_options(
+    beam_argv: Optional[Sequence[str]] = None, n_work: Optional[int] = None
+) -> PipelineOptions:
     """PipelineOptions from command-line style flags, passed to Beam unchanged.
 
     Without ``--runner`` the pipeline runs on Beam's portable FnApiRunner; then,
@@ -64,6 +102,13 @@ def pipeline_options(beam_argv: Optional[Sequence[str]] = None) -> PipelineOptio
     core (``--direct_running_mode=multi_processing --direct_num_workers=0``,
     0 meaning "all cores"). The plain DirectRunner of recent Beam first tries to
     download the Prism runner binary, which fails (or hangs) offline.
+
+    With ``--runner=DaskRunner`` and ``n_work`` (the number of shard files),
+    unless ``--dask_npartitions`` or ``--dask_partition_size`` is given, the
+    Create is cut into ``n_work`` partitions, one per shard: the Dask runner
+    runs one task per partition (and treats Reshuffle as a no-op), and its
+    default of 128 elements per partition would put a whole small job on one
+    worker. Every other flag reaches Beam as given.
     """
     argv = list(beam_argv or [])
     opts = PipelineOptions(argv)
@@ -73,15 +118,26 @@ def pipeline_options(beam_argv: Optional[Sequence[str]] = None) -> PipelineOptio
             direct.direct_running_mode = "multi_processing"
         if not _given(argv, "--direct_num_workers"):
             direct.direct_num_workers = os.cpu_count() or 1
+    elif is_dask(opts) and n_work:
+        if not (_given(argv, "--dask_npartitions") or _given(argv, "--dask_partition_size")):
+            from apache_beam.runners.dask.dask_runner import DaskOptions
+
+            opts.view_as(DaskOptions).npartitions = int(n_work)
     return opts
 
 
 def make_pipeline(opts: PipelineOptions) -> beam.Pipeline:
-    """A Pipeline on the runner the options name, or on the FnApiRunner by default."""
+    """A Pipeline on the runner the options name, or on the FnApiRunner by default.
+
+    ``--runner=DaskRunner`` (not in Beam's registry of short names) becomes an
+    instance of ``apache_beam.runners.dask.dask_runner.DaskRunner``; it connects
+    to ``--dask_client_address`` (else it starts a local Dask cluster)."""
     if opts.view_as(StandardOptions).runner is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=opts)
+    if is_dask(opts):
+        return beam.Pipeline(runner=_dask_runner(), options=opts)
     return beam.Pipeline(options=opts)
 
 
@@ -158,6 +214,19 @@ def _batcher(job: Job) -> BatchSimulator:
         return _BATCHERS[key]
 
 
+_FS_FLAGS: list = []  # the flags fs.configure last had in this process
+
+
+def _configure_fs(flags: Sequence[str]) -> None:
+    """``fs.configure(flags)`` once per process and set of flags: the Dask runner
+    calls ``DoFn.setup`` once per partition, i.e. once per shard file."""
+    flags = list(flags)
+    with _BATCHERS_LOCK:
+        if _FS_FLAGS != [flags]:
+            fs.configure(flags)
+            _FS_FLAGS[:] = [flags]
+
+
 def _job_kinds(job: Job) -> list:
     return [k.kind for k in kinds(job.mode, job.n_s, job.n_d, job.n_params)]
 
@@ -185,7 +254,7 @@ class WriteShard(beam.DoFn):
         self.simulated = Metrics.counter(NAMESPACE, "records_simulated")
 
     def setup(self):
-        fs.configure(self.fs_flags)
+        _configure_fs(self.fs_flags)
         use_compilation_cache(self.cache_dir)
         self.batcher = _batcher(self.job)
         threading.Thread(
@@ -221,7 +290,7 @@ class WriteManifest(beam.DoFn):
         self.root, self.job, self.fs_flags = root, job, list(fs_flags)
 
     def setup(self):
-        fs.configure(self.fs_flags)
+        _configure_fs(self.fs_flags)
 
     def process(self, metas):
         from writers.manifest import write_manifest
@@ -234,6 +303,13 @@ class WriteManifest(beam.DoFn):
             raise ArchiveError(f"{len(planned - got)} planned shards were not written")
         for spec, meta in sorted(metas, key=lambda m: m[0]["path"]):
             manifest.add_file(ShardSpec.from_json(spec), FileMeta.from_json(meta))
+        # every shard is written, so no write is in flight: a temporary file left
+        # here is from a worker killed mid-write whose shard was redone elsewhere
+        # (a runner that retries on another worker, e.g. Dask, finishes the job)
+        for rel in fs.list_files(self.root):
+            if fs.TEMP_MARKER in rel.rsplit("/", 1)[-1]:
+                fs.delete(fs.join(self.root, rel))
+                _LOG.warning("removed temporary file of an interrupted write: %s", rel)
         # TFDS metadata (tfds.builder_from_directory(ARCHIVE/<split>/<kind>)), then
         # the index and the manifest: the commit marker
         write_tfds_metadata(self.root, manifest)
@@ -275,7 +351,8 @@ def run_pipeline(root: str, job: Job, beam_argv: Sequence[str] = ()) -> dict:
     """Build and run the pipeline to completion; returns the Beam counters
     (``shards_written``, ``shards_kept``, ``records_simulated``) where the
     runner reports them."""
-    opts = pipeline_options(beam_argv)
+    plan = job.plan()
+    opts = pipeline_options(beam_argv, n_work=len(plan))
     cache_dir = None
     if opts.view_as(StandardOptions).runner is None and os.environ.get(
         "IMNN_STREAM_JAX_CACHE", "1"
@@ -290,15 +367,20 @@ def run_pipeline(root: str, job: Job, beam_argv: Sequence[str] = ()) -> dict:
                 daemon=True,
             ).start()
     p = make_pipeline(opts)
-    build(p, root, job, job.plan(), fs_flags=list(beam_argv), cache_dir=cache_dir)
+    build(p, root, job, plan, fs_flags=list(beam_argv), cache_dir=cache_dir)
     result = p.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the Dask runner's connection
+        if client is not None and hasattr(client, "close"):
+            client.close()
     counters = {}
     try:
         for c in result.metrics().query()["counters"]:
             if c.key.metric.namespace == NAMESPACE:
                 name = c.key.metric.name
                 counters[name] = counters.get(name, 0) + (c.committed or c.attempted or 0)
-    except Exception:  # some runners do not report metrics
+    except Exception:  # some runners do not report metrics (Dask)
         pass
     return counters
