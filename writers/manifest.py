@@ -29,11 +29,9 @@ Schema (version 1)::
       "input_statistics": {...}   # optional, version "1.1": writers.input_stats
     }
 
-``input_statistics`` (count, mean and M2 of the fiducial training inputs, per
-element or channel, for each input transform) is gathered while the shards are
-written: each fiducial training shard's FileMeta carries its statistics,
-:meth:`Manifest.add_file` keeps them and :func:`write_manifest` merges them,
-and only when every such file brought its own.
+``input_statistics`` (of the fiducial training inputs) is gathered as the shards
+are written: each training shard's FileMeta carries its statistics, ``add_file``
+keeps them and :func:`write_manifest` merges them (when every file brought some).
 
 The manifest is written last: it is the commit marker, and only the files it
 lists belong to the archive.  Every listed path is relative, normalised and
@@ -55,8 +53,7 @@ from . import durable, fs
 from .errors import ArchiveError, MissingFileError
 from .layout import INDEX_NAME, MANIFEST_NAME, SPLITS, KindInfo, ShardSpec, device_seeds, kinds
 from .input_stats import FIDUCIAL_KINDS, InputStats, merge_all
-from .manifest_schema import MAJOR, MINOR, OPTIONAL, check_version, consistency_errors
-from .manifest_schema import field_errors
+from .manifest_schema import MAJOR, MINOR, OPTIONAL, check_version, consistency_errors, field_errors
 from .schema import RecordSpec
 from .shard import FileMeta, records_array
 
@@ -187,25 +184,22 @@ class Manifest:
 
     def input_stats(self) -> Optional[InputStats]:
         """The recorded ``input_statistics`` as an InputStats (None if none)."""
-        if self.input_statistics is None:
-            return None
-        return InputStats.from_json(self.input_statistics, self.input_shape)
+        st = self.input_statistics
+        return None if st is None else InputStats.from_json(st, self.input_shape)
 
     def set_input_statistics(self, stats: Optional[InputStats]) -> None:
-        """Record ``stats`` (of every fiducial training input) as
-        ``input_statistics``, raising the version to 1.1 where it was 1.0."""
-        if stats is None:
-            self.input_statistics = None
-            return
-        self.input_statistics = stats.to_json("train", self.statistics_kinds())
-        version = OPTIONAL["input_statistics"]
-        if check_version(self.version)[0] < (MAJOR, version):
-            self.version = f"{MAJOR}.{version}"
+        """Record ``stats`` of every fiducial training input (or None) as
+        ``input_statistics``, raising a 1.0 version to 1.1."""
+        minor = OPTIONAL["input_statistics"]
+        self.input_statistics = (
+            None if stats is None else stats.to_json("train", self.statistics_kinds())
+        )
+        if stats is not None and check_version(self.version)[0] < (MAJOR, minor):
+            self.version = f"{MAJOR}.{minor}"
 
     def gather_input_statistics(self) -> None:
-        """Merge the statistics the fiducial training files brought to
-        :meth:`add_file` (in path order) into ``input_statistics``; kept as it
-        is unless every such file brought them."""
+        """Merge the statistics the training files brought to :meth:`add_file`
+        (path order) into ``input_statistics``, if every such file brought some."""
         paths = [f["path"] for k in self.statistics_kinds() for f in self.files("train", k)]
         if paths and all(self._file_stats.get(p) is not None for p in paths):
             self.set_input_statistics(merge_all(self._file_stats[p] for p in sorted(paths)))
