@@ -154,6 +154,14 @@ class FitConfig:
         "none",
         choices=("none", "log1p", "asinh"),
     )
+    whiten: bool = _opt(
+        "--no-whiten",
+        "start from the network's raw outputs (default: a fresh network's last layer is "
+        "composed with the affine map that makes its training summaries mean 0, C = I, "
+        "so the fit does not spend its first steps rescaling; see imnn_stream.whitening)",
+        True,
+        action="store_false",
+    )
     seed: int = _opt("--seed", "network initialisation seed", 0)
     checkpoint_every: int | None = _opt(
         "--checkpoint-every",
@@ -391,6 +399,13 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
         imnn.checkpoint_type = SharedCheckpoint
         progress = progress and imnn.processes.writes
     imnn.normalisation = norm
+    checkpoint_dir = checkpoint_dir or (
+        os.path.join(out, "checkpoint") if c.checkpoint_every or c.resume else None
+    )
+    if c.whiten and not warm and not (c.resume and os.path.exists(checkpoint_dir)):
+        from ..whitening import whiten_output
+
+        whiten_output(imnn)  # one pass over the training set; the same on every process
     close_bar = iteration_progress(imnn) if progress else (lambda: None)
     try:
         imnn.fit(
@@ -403,8 +418,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
             else c.min_iterations,
             max_iterations=c.max_iterations,
             print_rate=max(1, c.max_iterations // 100) if progress else None,
-            checkpoint_dir=checkpoint_dir
-            or (os.path.join(out, "checkpoint") if c.checkpoint_every or c.resume else None),
+            checkpoint_dir=checkpoint_dir,
             checkpoint_every=c.checkpoint_every,
             resume=c.resume,
             allow_pickle=c.trust_pickle,
