@@ -18,6 +18,7 @@ from typing import BinaryIO, Iterator
 import google_crc32c
 import numpy as np
 
+from .crc32c_native import crc32c
 from .errors import ArchiveError
 
 _MASK_DELTA = 0xA282EAD8
@@ -27,9 +28,9 @@ FOOTER_BYTES = 4
 FRAMING_BYTES = HEADER_BYTES + FOOTER_BYTES
 
 
-def masked_crc(data: bytes) -> int:
-    """TFRecord's masked CRC32C of ``data`` (uint32)."""
-    crc = google_crc32c.value(data)
+def masked_crc(data) -> int:
+    """TFRecord's masked CRC32C of ``data`` (uint32; any C-contiguous buffer)."""
+    crc = google_crc32c.value(data) if isinstance(data, bytes) else crc32c(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -75,12 +76,12 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
         if k:
             start = pos + HEADER_BYTES
             stored = np.ndarray((k,), "<u4", buf, start + length, (rec,))
-            if k < _RUN_CRC_MIN or not _run_crc_ok(buf, pos, length, k, stored):
+            few = k < _RUN_CRC_MIN and k * rec < _RUN_CRC_MIN_BYTES
+            if few or not _run_crc_ok(buf, pos, length, k, stored):
                 # Few records, or some record is bad (find the first one):
                 # record by record.
-                value = google_crc32c.value
                 crc = np.array(
-                    [value(buf[o : o + length]) for o in range(start, start + k * rec, rec)],
+                    [crc32c(buf, o, length) for o in range(start, start + k * rec, rec)],
                     np.uint32,
                 )
                 masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(_MASK_DELTA)
@@ -101,7 +102,8 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
 # could only cancel out with probability 2**-32.  On a mismatch the records
 # are checked one by one, which names the first bad one.
 
-_RUN_CRC_MIN = 256  # fewer records are cheaper to check one by one
+_RUN_CRC_MIN = 256  # fewer records are cheaper to check one by one ...
+_RUN_CRC_MIN_BYTES = 1 << 20  # ... unless they are this many bytes (one C call, no GIL)
 
 _BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)  # (256, 8)
 
@@ -201,7 +203,7 @@ def _run_crc_ok(buf: bytes, pos: int, length: int, k: int, stored: np.ndarray) -
         )
         level += 1
     end = pos + k * rec
-    actual = google_crc32c.value(buf if pos == 0 and end == len(buf) else buf[pos:end])
+    actual = crc32c(buf, pos, end - pos)
     return int(v[0]) == actual
 
 

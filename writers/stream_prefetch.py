@@ -17,6 +17,7 @@ import weakref
 
 import numpy as np
 
+from .buffer_pool import BatchPool
 from .errors import ArchiveError
 from .stream_decode import Source
 from .stream_read import Reader
@@ -47,7 +48,10 @@ class DeviceStream:
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=_produce,
-            args=(sources, n_per_device, epoch, dtype, self._queue, self._stop),
+            # buffers the pool keeps: the queue's, the one being filled, the one the
+            # consumer holds and the engine's groups in flight (2); more are allocated
+            # (and freed as usual) when a consumer keeps batches longer
+            args=(sources, n_per_device, epoch, dtype, self._queue, self._stop, prefetch + 4),
             daemon=True,
         )
         self._thread.start()
@@ -81,19 +85,23 @@ class DeviceStream:
             pass
 
 
-def _new_batch(sources, size: int, dtype) -> dict:
-    """Fresh arrays for one batch of ``size`` records (every batch is a new dict of
-    new arrays, never written again once queued: consumers may keep them)."""
-    batch = {}
+def batch_layout(sources, dtype) -> list:
+    """``[(key, dtype, row shape)]`` of a stream's batches (every key once)."""
+    layout, seen = [], set()
     for s in sources:
         for _, key, typ, shape in s.fields:
-            if key not in batch:
-                batch[key] = (
-                    np.empty((size,), np.int64)
-                    if typ == "int"
-                    else np.empty((size,) + shape, dtype)
-                )
-    return batch
+            if key not in seen:
+                seen.add(key)
+                layout.append((key, np.dtype(np.int64) if typ == "int" else dtype, tuple(shape)))
+    return layout
+
+
+def _new_batch(pool: BatchPool, layout: list, size: int) -> dict:
+    """Arrays for one batch of ``size`` records: a new dict of new array objects,
+    whose memory the pool reuses only once nothing refers to it any more
+    (:mod:`writers.buffer_pool`): consumers may keep a batch as long as they like,
+    and it is never written again once queued."""
+    return pool.batch(layout, size)
 
 
 def _row_bytes(sources, dtype) -> int:
@@ -117,28 +125,34 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _produce(sources, n, epoch, dtype, q, stop):
+def _produce(sources, n, epoch, dtype, q, stop, keep):
+    pool = BatchPool(keep)
+    layout = batch_layout(sources, np.dtype(dtype))
+    readers = []
     try:
+        readers = [Reader(s, np.dtype(dtype)) for s in sources]
         while not stop.is_set():
-            readers = [Reader(s, np.dtype(dtype)) for s in sources]
-            try:
-                done = 0
-                while done < epoch and not stop.is_set():
-                    size = min(n, epoch - done)
-                    batch = _new_batch(sources, size, dtype)
-                    # Each source checks its records' seeds against the device's
-                    # seed range, so zipped sources are matched by seed.
-                    for r in readers:
-                        got = r.read_into(batch, size)
-                        if got != size:
-                            raise ArchiveError(
-                                f"stream ended after {done + got} records of an epoch of {epoch}"
-                            )
-                    done += size
-                    if not _put(q, batch, stop):
-                        return
-            finally:
+            for r in readers:
+                r.restart()
+            done = 0
+            while done < epoch and not stop.is_set():
+                size = min(n, epoch - done)
+                batch = _new_batch(pool, layout, size)
+                # Each source checks its records' seeds against the device's
+                # seed range, so zipped sources are matched by seed.
                 for r in readers:
-                    r.close()
+                    got = r.read_into(batch, size)
+                    if got != size:
+                        raise ArchiveError(
+                            f"stream ended after {done + got} records of an epoch of {epoch}"
+                        )
+                done += size
+                if not _put(q, batch, stop):
+                    return
+                del batch  # the consumer's now: the pool may reuse it once they drop it
     except BaseException as e:  # hand the error to the consumer
         _put(q, e, stop)
+    finally:
+        for r in readers:
+            r.close()
+        pool.clear()

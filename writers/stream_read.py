@@ -11,6 +11,8 @@ from the start of the file.
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 
 import numpy as np
@@ -36,6 +38,34 @@ MAX_RUN_BYTES = 4 << 20  # at most this many bytes of records decoded per step
 BLOCK_BYTES = 1 << 20  # decoded records kept ahead of small batches
 DIRECT_BYTES = 256 << 10  # batches at least this large are decoded in place
 MAX_READ = 64 << 20  # bytes one read call may ask for (larger reads are split)
+AHEAD_BYTES = 16 << 20  # a local file's bytes the kernel is asked to read ahead of the reader
+
+
+def _readinto(f, out: np.ndarray) -> int:
+    """Read up to ``len(out)`` bytes of ``f`` into ``out``; 0 at the end of the file."""
+    readinto = getattr(f, "readinto", None)
+    if readinto is not None:
+        try:
+            got = readinto(memoryview(out))
+        except (io.UnsupportedOperation, NotImplementedError):
+            got = None
+        else:
+            return got or 0
+    chunk = f.read(len(out))
+    if not chunk:
+        return 0
+    out[: len(chunk)] = np.frombuffer(chunk, np.uint8)
+    return len(chunk)
+
+
+def _local_fd(f):
+    """The OS file descriptor of a local file object, else None."""
+    try:
+        fd = f.fileno()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 class Reader:
@@ -44,29 +74,26 @@ class Reader:
     Reads each file in chunks (up to the bytes the rest of the segment
     needs, at least :data:`READ_CHUNK` when the segment has that many left,
     and at most the batch's bytes or :data:`MAX_RUN_BYTES`, whichever is
-    larger) and decodes runs of equal-length records with vectorised
+    larger) into one preallocated buffer (``readinto``: the steady state
+    allocates nothing; the buffer grows only for a record larger than it) and
+    decodes runs of equal-length records with vectorised
     framing checks (:func:`writers.framing.scan_run`) and the source's
-    vectorised decoder.  Small batches are cut from a block of up to
+    vectorised decoder.  Small batches are cut from a reused block of up to
     :data:`BLOCK_BYTES` of decoded records, so that the fixed NumPy cost of
     a run is shared by many batches.  The first record a vectorised step cannot take
     (different layout, bad CRC, truncation, wrong seed, ...) goes through
     the per-record path, which decodes it or raises an
-    :class:`ArchiveError` naming the file and record.
+    :class:`ArchiveError` naming the file and record.  :meth:`restart` reads
+    the segments again with the same buffers (the next epoch).
     """
 
     def __init__(self, source: Source, dtype: np.dtype):
         self.src = source
         self.rps = source.info.records_per_seed
-        self._segs = iter(source.segs)
-        self.seg = None
         self.f = None
-        self.path = None
-        self.done = 0  # records of the segment consumed
-        self.buf = b""
-        self.pos = 0  # read position in buf
-        self.base = 0  # file offset of buf[0]
-        self.eof = False
+        self.mem = np.empty(0, np.uint8)  # the read buffer: valid bytes are mem[:end]
         self.block, self.bpos, self.blen = {}, 0, 0  # decoded records not yet handed out
+        self.block_mem = {}  # the block's arrays, reused from refill to refill
         self.keys = {key for _, key, _, _ in source.fields}
         self.row_bytes = max(
             1,
@@ -75,31 +102,59 @@ class Reader:
                 for _, _, typ, shape in source.fields
             ),
         )
+        self.restart()
 
-    def close(self) -> None:
+    def restart(self) -> None:
+        """Back to the first segment (the next epoch), keeping the buffers."""
+        self._close_file()
+        self._segs = iter(self.src.segs)
+        self.seg = None
+        self.path = None
+        self.done = 0  # records of the segment consumed
+        self.end = self.pos = self.base = 0  # valid bytes, read position, file offset of mem[0]
+        self.eof = False
+        self.advised = 0  # file offset up to which the kernel was asked to read ahead
+        self.fd = None  # the open local file's descriptor (for the read-ahead advice)
+        self.block, self.bpos, self.blen = {}, 0, 0
+
+    def _close_file(self) -> None:
         if self.f is not None:
             self.f.close()
             self.f = None
-        self.buf = b""
-        self.block, self.bpos, self.blen = {}, 0, 0
+
+    def close(self) -> None:
+        self._close_file()
+        self.mem = np.empty(0, np.uint8)
+        self.block, self.bpos, self.blen, self.block_mem = {}, 0, 0, {}
 
     # -- buffer
-    def _read(self, n: int) -> bytes:
-        parts, got = [], 0
-        while got < n:
+    @property
+    def buf(self) -> np.ndarray:
+        """The valid bytes of the read buffer (a view)."""
+        return self.mem[: self.end]
+
+    def _fill(self, target: int) -> None:
+        """Read until ``end >= target`` or the end of the file."""
+        while self.end < target and not self.eof:
             # capped per call: a forged record length (valid header CRC) must not make
             # one read allocate it; the file's end stops the loop, and the framing check
             # then names the truncated record
-            chunk = self.f.read(min(n - got, MAX_READ))
-            if not chunk:
+            stop = min(target, self.end + MAX_READ)
+            if stop > self.mem.shape[0]:
+                grown = np.empty(
+                    max(stop, min(2 * self.mem.shape[0], self.end + MAX_READ)), np.uint8
+                )
+                grown[: self.end] = self.mem[: self.end]
+                self.mem = grown
+            got = _readinto(self.f, self.mem[self.end : stop])
+            if not got:
                 self.eof = True
                 break
-            parts.append(chunk)
-            got += len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            self.end += got
+        self._advise()
 
     def _have(self) -> int:
-        return len(self.buf) - self.pos
+        return self.end - self.pos
 
     def _ensure(self, need: int, want: int = 0) -> int:
         """Make ``need`` bytes available from ``pos`` (fewer at the end of
@@ -108,25 +163,44 @@ class Reader:
         have = self._have()
         if have >= need or self.eof:
             return have
-        chunk = self._read(max(need, want) - have)
-        self.base += self.pos
-        self.buf = self.buf[self.pos :] + chunk if have else chunk
-        self.pos = 0
+        if self.pos:  # move the unread tail (part of a record) to the front
+            if have:
+                self.mem[:have] = self.mem[self.pos : self.end]  # NumPy copes with overlap
+            self.base += self.pos
+            self.pos, self.end = 0, have
+        self._fill(max(need, want))
         return self._have()
 
     def _seek(self, offset: int) -> None:
         self.f.seek(offset)
-        self.buf, self.pos, self.base, self.eof = b"", 0, offset, False
+        self.pos = self.end = 0
+        self.base, self.eof, self.advised = offset, False, offset
+
+    def _advise(self) -> None:
+        """Ask the kernel to read the next :data:`AHEAD_BYTES` of a local file
+        while this thread decodes (disk reads overlap decoding); a no-op elsewhere."""
+        fd = self.fd
+        at = self.base + self.end
+        if fd is None or at + AHEAD_BYTES // 2 < self.advised:
+            return
+        try:
+            os.posix_fadvise(fd, at, AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+        except (OSError, AttributeError):
+            self.fd = None
+            return
+        self.advised = at + AHEAD_BYTES
 
     # -- segments
     def _next_segment(self) -> bool:
-        self.close()
+        self._close_file()
         self.seg = next(self._segs, None)
         if self.seg is None:
             return False
         self.path = fs.join(self.src.root, self.seg.path)
         self.f = fs.open_read(self.path)
-        self.buf, self.pos, self.base, self.eof, self.done = b"", 0, 0, False, 0
+        self.fd = _local_fd(self.f)
+        self.pos = self.end = self.base = self.done = self.advised = 0
+        self.eof = False
         self._skip(self.seg.skip)
         return True
 
@@ -178,11 +252,14 @@ class Reader:
                 i += self._step(batch, i, size - i)
             else:
                 n = min(self.seg.take - self.done, max(size - i, BLOCK_BYTES // self.row_bytes))
-                block = {
-                    key: np.empty((n,) + batch[key].shape[1:], batch[key].dtype)
-                    for key in batch
-                    if key in self.keys
-                }
+                block = {}
+                for key in batch:
+                    if key in self.keys:
+                        have = self.block_mem.get(key)
+                        if have is None or have.shape[0] < n:
+                            have = np.empty((n,) + batch[key].shape[1:], batch[key].dtype)
+                            self.block_mem[key] = have
+                        block[key] = have[:n]
                 j = 0
                 while j < n:
                     j += self._step(block, j, n - j)
@@ -195,12 +272,13 @@ class Reader:
         want = min(want, left)
         if self._ensure(HEADER_BYTES, READ_CHUNK) < HEADER_BYTES:
             return self._one(batch, i0)
-        (length,) = _LEN.unpack_from(self.buf, self.pos)
+        buf = self.buf
+        (length,) = _LEN.unpack_from(buf, self.pos)
         rec = length + FRAMING_BYTES
         if (
             src.check_crc
-            and masked_crc(self.buf[self.pos : self.pos + 8])
-            != _CRC.unpack_from(self.buf, self.pos + 8)[0]
+            and masked_crc(buf[self.pos : self.pos + 8].tobytes())
+            != _CRC.unpack_from(buf, self.pos + 8)[0]
         ):
             return self._one(batch, i0)  # corrupt framing: do not trust the length
         want = min(want, max(1, MAX_RUN_BYTES // rec))
@@ -236,7 +314,7 @@ class Reader:
             self.buf, self.pos + HEADER_BYTES, length, offset, path, r, self.src.check_crc
         )
         seed = seg.first_seed + self.done // self.rps
-        self.src.fill_one(batch, i0, path, r, seed, payload)
+        self.src.fill_one(batch, i0, path, r, seed, bytes(payload))
         self.pos += rec
         self.done += 1
         return 1
