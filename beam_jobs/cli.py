@@ -62,7 +62,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "gradient records) with Apache Beam. Unknown options are Beam pipeline "
         "options and are passed to Beam unchanged (default runner: the local "
         "FnApiRunner, one process per core).",
-        epilog="example: " + EXAMPLE,
+        epilog="example: " + EXAMPLE + " ; on a Dask cluster, add --runner=DaskRunner "
+        "--dask_client_address=HOST:PORT (Dataflow, Flink, Spark: see docs/beam.md)",
         formatter_class=HelpFormatter,
     )
     p.add_argument(

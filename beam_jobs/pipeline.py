@@ -191,16 +191,48 @@ _BATCHERS: dict = {}
 _BATCHERS_LOCK = threading.Lock()
 
 
-def _batcher(job: Job) -> BatchSimulator:
+def _simulator_file(name: str) -> Optional[str]:
+    """The file of a ``path/file.py:function`` simulator (as simulate.load_simulator
+    tells them from module names), else None."""
+    module, sep, _ = name.rpartition(":")
+    if sep and module and (module.endswith(".py") or os.sep in module):
+        return module
+    return None
+
+
+def worker_simulator(name: str) -> str:
+    """The simulator name the workers load: a relative file path made absolute
+    in the driver's working directory (a ``dask worker`` or remote worker runs
+    elsewhere). The job, and so the manifest, keep the name as given."""
+    path = _simulator_file(name)
+    if path is None or os.path.isabs(path):
+        return name
+    return f"{os.path.abspath(path)}:{name.rpartition(':')[2]}"
+
+
+def _batcher(job: Job, simulator: Optional[str] = None) -> BatchSimulator:
     """The job's simulator, imported and jitted once per worker process.
 
     Runners may create several DoFn instances per process (one per thread in
     multi-threaded mode, or after a DoFn is discarded); sharing the batcher
-    means each kind is still compiled only once per process."""
-    key = json.dumps(job.to_json()["job"], sort_keys=True)
+    means each kind is still compiled only once per process. ``simulator``: the
+    name to load (:func:`worker_simulator`; default the job's). Long-lived
+    workers (Dask) serve several jobs: the key holds the job, the name loaded
+    and, for a simulator file, its size and modification time, so an edited
+    file is loaded again."""
+    simulator = simulator or job.simulator
+    path = _simulator_file(simulator)
+    stamp = None
+    if path:
+        try:
+            st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns]
+        except OSError:  # load_simulator reports it
+            pass
+    key = json.dumps([job.to_json()["job"], simulator, stamp], sort_keys=True)
     with _BATCHERS_LOCK:
         if key not in _BATCHERS:
-            spec = SimulatorSpec(job.simulator, job.simulator_config)
+            spec = SimulatorSpec(simulator, job.simulator_config)
             _BATCHERS[key] = BatchSimulator(
                 load_simulator(spec),
                 spec.describe(),
@@ -246,9 +278,11 @@ class WriteShard(beam.DoFn):
         job: Job,
         fs_flags: Sequence[str] = (),
         cache_dir: Optional[str] = None,
+        simulator: Optional[str] = None,
     ):
         self.root, self.job, self.fs_flags = root, job, list(fs_flags)
         self.cache_dir = cache_dir
+        self.simulator = simulator or worker_simulator(job.simulator)
         self.written = Metrics.counter(NAMESPACE, "shards_written")
         self.kept = Metrics.counter(NAMESPACE, "shards_kept")
         self.simulated = Metrics.counter(NAMESPACE, "records_simulated")
@@ -256,7 +290,7 @@ class WriteShard(beam.DoFn):
     def setup(self):
         _configure_fs(self.fs_flags)
         use_compilation_cache(self.cache_dir)
-        self.batcher = _batcher(self.job)
+        self.batcher = _batcher(self.job, self.simulator)
         threading.Thread(
             target=self.batcher.warm, args=(_job_kinds(self.job),), daemon=True
         ).start()
@@ -362,7 +396,7 @@ def run_pipeline(root: str, job: Job, beam_argv: Sequence[str] = ()) -> dict:
         cache_dir = compilation_cache_dir()
         if use_compilation_cache(cache_dir):
             threading.Thread(
-                target=lambda: _batcher(job).warm(_job_kinds(job)),
+                target=lambda: _batcher(job, worker_simulator(job.simulator)).warm(_job_kinds(job)),
                 name="warm-compile",
                 daemon=True,
             ).start()
