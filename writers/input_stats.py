@@ -102,23 +102,28 @@ class InputStats:
         x = np.asarray(batch, np.float64)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"inputs of shape {x.shape[1:]}, expected {self.input_shape}")
-        if not len(x):
+        n = len(x)
+        if not n:
             return self
-        finite = bool(np.isfinite(x).all())
-        axes = (0,) + tuple(a + 1 for a in self.axes)
         shape = stats_shape(self.input_shape)
+        # the reduced axes lead (records, then the reduced axes of one input):
+        # one column per statistic
+        x = x.reshape(-1, math.prod(shape))
         other = InputStats.__new__(InputStats)
         other.input_shape, other.axes = self.input_shape, self.axes
-        other.records, other.count = len(x), len(x) * self.per_value
+        other.records, other.count = n, len(x)
         other.moments = {}
         for t in self.moments:
-            if not finite or (t == "log1p" and x.min() <= -1):
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                y = x if _FUNCS[t] is None else _FUNCS[t](x)
+                mean = y.mean(0)
+            # a non-finite value (or log1p of a value ≤ −1) makes its column's mean
+            # non-finite: no separate pass over the values to find them
+            if not np.isfinite(mean).all():
                 other.moments[t] = None
                 continue
-            y = x if _FUNCS[t] is None else _FUNCS[t](x)
-            mean = y.mean(axes, keepdims=True)
-            d = y - mean
-            other.moments[t] = (mean.reshape(shape), np.square(d, out=d).sum(axes))
+            d = np.subtract(y, mean, out=y if y is not x else None)
+            other.moments[t] = (mean.reshape(shape), np.einsum("ij,ij->j", d, d).reshape(shape))
         return self._absorb(other)
 
     def _absorb(self, other: "InputStats") -> "InputStats":
