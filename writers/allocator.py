@@ -36,13 +36,20 @@ def bound_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
     """Pin glibc's mmap threshold at ``threshold`` bytes, once per process.
 
     Returns whether the bound is in place.  A no-op (False) off Linux/glibc,
-    or when the user set ``MALLOC_MMAP_THRESHOLD_`` (their choice wins).
+    or when the user set ``MALLOC_MMAP_THRESHOLD_`` (their choice wins);
+    ``IMNN_STREAM_MMAP_THRESHOLD`` (bytes) replaces ``threshold``, 0 leaving
+    glibc's dynamic threshold alone.
     """
     global _bounded
     with _lock:
         if _bounded:
             return True
         if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+            return False
+        env = os.environ.get("IMNN_STREAM_MMAP_THRESHOLD", "").strip()
+        if env:
+            threshold = int(env)
+        if threshold <= 0:  # 0: leave glibc's dynamic threshold alone
             return False
         try:
             libc = ctypes.CDLL("libc.so.6")

@@ -39,8 +39,9 @@ class BatchPool:
 
     :meth:`batch` returns a dict of fresh array objects (views) for ``size``
     records with the given per-record layout, carved from a buffer that nothing
-    else refers to, or from a new one.  Buffers beyond ``keep`` are not tracked:
-    they are freed as usual once their batch is dropped.
+    else refers to, or from a new one.  The pool tracks the ``keep`` most recent
+    buffers; older ones that are still in use are forgotten (freed as usual once
+    their batch is dropped), so batches a consumer keeps do not block reuse.
     """
 
     def __init__(self, keep: int):
@@ -73,8 +74,11 @@ class BatchPool:
                 return owner
             owner = np.empty(nbytes + ALIGN, np.uint8)
             self.allocated += 1
-            if len(self._owners) < self.keep:
-                self._owners.append(owner)
+            if len(self._owners) >= self.keep:
+                # all in use: stop tracking the oldest (it lives on with its batch), so
+                # that batches a consumer keeps for good do not block reuse
+                self._owners.pop(0)
+            self._owners.append(owner)
             return owner
 
     def batch(self, layout: list, size: int) -> dict:
