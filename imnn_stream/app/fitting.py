@@ -48,6 +48,8 @@ def _model_spec(text):
     from ..models import BUILT_IN
 
     name, colon, args = text.partition(":")
+    if text == "auto":
+        return text
     if name in BUILT_IN:
         parts = [a.strip() for a in args.split(",") if a.strip()]
         if all(p.isdigit() and int(p) > 0 for p in parts):
@@ -99,8 +101,9 @@ class FitConfig:
 
     model: str = _opt(
         "--model",
-        "mlp:W1,W2,… | cnn:C1,C2,… | polynomial:D | package.module:factory",
-        "mlp:128,128",
+        "auto | mlp:W1,W2,… | cnn:C1,C2,… | polynomial:D | package.module:factory "
+        "(auto: mlp:128,128 for vectors, cnn:8,16 for fields)",
+        "auto",
         type=_model_spec,
     )
     optimiser: str = _opt(
@@ -368,7 +371,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
         raise ValueError(
             f"{archive}: a {m.mode!r} archive cannot train an IMNN (needs numerical or gradient)"
         )
-    c = config
+    c = config.replace(model=models.resolve_spec(config.model, m.input_shape))
     n_summaries = c.n_summaries or m.n_params
     devices = _devices(c.devices)
     tx = optimisers.transformation_from_spec(c.optimiser)
