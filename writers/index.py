@@ -112,10 +112,17 @@ def write_index(root: str, manifest) -> str:
 
 def read_index(root: str) -> pa.Table:
     """The archive's index as a pyarrow Table."""
-    # use_threads=False: pyarrow 25's threaded reader of an in-memory buffer aborts the
-    # interpreter at exit about half the time ("terminate called without an active
-    # exception"); the index is small, one thread reads it fast enough
-    return pq.read_table(io.BytesIO(fs.read_bytes(fs.join(root, INDEX_NAME))), use_threads=False)
+    # No pyarrow thread may hold the bytes: with pre-buffering (the default) an I/O pool
+    # thread drops the last reference to the Python buffer, which needs the GIL; when
+    # that happens during interpreter shutdown the thread is force-unwound through
+    # noexcept C++ frames and the process aborts ("terminate called without an active
+    # exception", ~1 in 5 `validate` runs with pyarrow 25; gdb: ~PyBuffer in
+    # ReadRangeCache). Copied into Arrow-owned memory and read on this thread, nothing
+    # Python-owned outlives the call. The index is small; one thread reads it fast.
+    data = fs.read_bytes(fs.join(root, INDEX_NAME))
+    owned = pa.allocate_buffer(len(data))
+    np.frombuffer(owned, np.uint8)[:] = np.frombuffer(data, np.uint8)
+    return pq.read_table(pa.BufferReader(owned), use_threads=False, pre_buffer=False)
 
 
 def find(root: str, **where) -> list[dict]:

@@ -320,12 +320,13 @@ def test_validate_cli_exit_status_and_json(numerical_archive):
 
 
 def test_reading_the_index_never_aborts_the_interpreter_at_exit(numerical_archive):
-    # pyarrow 25 aborted ("terminate called without an active exception") in about half
-    # of the processes that read an in-memory Parquet buffer with threads
+    # pyarrow 25 aborted ("terminate called without an active exception") about 1 in 5
+    # `validate` processes: a pre-buffering I/O thread released the Python buffer of the
+    # index during interpreter shutdown (see writers.index.read_index)
     root, _ = numerical_archive
-    code = f"from writers.index import read_index; read_index({root!r})"
-    codes = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
-        for _ in range(6)
-    ]
-    assert codes == [0] * 6
+    cmd = [sys.executable, "-m", "writers.cli", "validate", root]
+    codes = []
+    for _ in range(5):
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(4)]
+        codes += [p.wait(timeout=120) for p in procs]
+    assert codes == [0] * 20
