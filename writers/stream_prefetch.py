@@ -5,12 +5,17 @@ a daemon thread reads its sources' records (:class:`writers.stream_read.Reader`)
 epoch after epoch into a queue of at most ``prefetch`` batches, so memory is
 bounded by ``prefetch + 2`` batches (the queue's, the one being filled, the
 one the consumer holds) plus, per source, one read buffer and one block of
-decoded records (``tests/streaming/test_memory_bound.py`` counts them).  Errors in the thread (corrupt or missing
-file) are raised from ``next()``.
+decoded records (``tests/streaming/test_memory_bound.py`` counts them).
+Batch memory comes from a :class:`writers.buffer_pool.BatchPool` of
+``prefetch + POOL_SLACK`` buffers, reused once nothing refers to a batch any
+more, so the steady state allocates nothing large (no heap fragmentation, no
+page faults); the consumer may keep batches as long as it likes.  Errors in
+the thread (corrupt or missing file) are raised from ``next()``.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import weakref
@@ -21,6 +26,10 @@ from .buffer_pool import BatchPool
 from .errors import ArchiveError
 from .stream_decode import Source
 from .stream_read import Reader
+
+
+#: buffers a stream's pool keeps beyond ``prefetch`` (see DeviceStream)
+POOL_SLACK = int(os.environ.get("IMNN_STREAM_POOL_SLACK", "2"))
 
 
 class DeviceStream:
@@ -51,7 +60,15 @@ class DeviceStream:
             # buffers the pool keeps: the queue's, the one being filled, the one the
             # consumer holds and the engine's groups in flight (2); more are allocated
             # (and freed as usual) when a consumer keeps batches longer
-            args=(sources, n_per_device, epoch, dtype, self._queue, self._stop, prefetch + 4),
+            args=(
+                sources,
+                n_per_device,
+                epoch,
+                dtype,
+                self._queue,
+                self._stop,
+                prefetch + POOL_SLACK,
+            ),
             daemon=True,
         )
         self._thread.start()
