@@ -6,8 +6,8 @@ log-normal (positive, heavy-tailed: draws span four decades). For each, one
 seed-matched numerical archive (train + validation, n_s = n_d) is fitted
 
 * with the command line's default FitConfig (only ``devices``, the iteration budget
-  and ``expected_detF`` set): network ``auto``, input normalisation, whitened start;
-* with the whitened start switched off (``--no-whiten``) and, for the log-normal,
+  and ``expected_detF`` set): network ``auto``, input normalisation;
+* with the whitened start switched on (``--whiten``) and, for the log-normal,
   with the documented ``--input-transform log1p`` and with ``--no-normalise``;
 * by the reference imnn 0.3.2 (its in-memory NumericalGradientIMNN on the same
   arrays, the same network and Adam rate, the same budget and patience), when its
@@ -64,7 +64,7 @@ SIMULATORS = {
         },
     ),
 }
-ABLATIONS = {"--no-whiten": dict(whiten=False)}
+ABLATIONS = {"--whiten": dict(whiten=True)}
 # infer: simulator name -> (θ_true, θ_start, prior box, FitConfig overrides)
 INFER = {
     "toy": ((0.3, 1.4), (0.0, 1.0), ((-2.0, 0.2), (2.0, 4.0)), {}),

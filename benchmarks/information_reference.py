@@ -26,6 +26,12 @@ def main(path):
     import numpy as np
     from jax.example_libraries import optimizers
 
+    init, apply = side.model(task["network"])
+
+    def init_one(rng, input_shape):  # its CNN's init gives the batched shape (-1, 2)
+        shape, w = init(rng, input_shape)
+        return tuple(shape)[-1:], w
+
     data = np.load(task["npz"])
     f, d = data["fiducial"], data["derivative"]
     imnn = side.module.NumericalGradientIMNN(
@@ -35,7 +41,7 @@ def main(path):
         n_summaries=len(task["theta_fid"]),
         input_shape=tuple(f.shape[1:]),
         θ_fid=np.asarray(task["theta_fid"], np.float32),
-        model=side.model(task["network"]),
+        model=(init_one, apply),
         optimiser=optimizers.adam(step_size=task["lr"]),
         key_or_state=jax.random.PRNGKey(task["seed"]),
         fiducial=f,

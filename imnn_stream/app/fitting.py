@@ -158,12 +158,13 @@ class FitConfig:
         choices=("none", "log1p", "asinh"),
     )
     whiten: bool = _opt(
-        "--no-whiten",
-        "start from the network's raw outputs (default: a fresh network's last layer is "
-        "composed with the affine map that makes its training summaries mean 0, C = I, "
-        "so the fit does not spend its first steps rescaling; see imnn_stream.whitening)",
-        True,
-        action="store_false",
+        "--whiten",
+        "compose a fresh network's last layer with the affine map that makes its training "
+        "summaries mean 0, C = I, so the fit does not first spend steps rescaling (faster "
+        "early on, but it overfits sooner: benchmarks/information.py; see "
+        "imnn_stream.whitening)",
+        False,
+        action="store_true",
     )
     seed: int = _opt("--seed", "network initialisation seed", 0)
     checkpoint_every: int | None = _opt(
