@@ -259,6 +259,7 @@ def s_per_iteration(output: str) -> float | None:
 
 def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
     size = args.size
+    iterations = args.iterations if label == "large" else args.small_iterations
     print(
         f"[{label}] generating n_s = n_d = {n_s} ({n_s * RECORDS_PER_SEED} records) into {archive}",
         file=sys.stderr,
@@ -311,7 +312,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
     print(f"[{label}] raw sequential read", file=sys.stderr, flush=True)
     raw = raw_read(shard_files(archive))
     drop_caches()  # the fit reads from disk too where we can make it
-    print(f"[{label}] fitting {args.iterations} iterations", file=sys.stderr, flush=True)
+    print(f"[{label}] fitting {iterations} iterations", file=sys.stderr, flush=True)
     fit = run_sampled(
         cmd
         + [
@@ -324,9 +325,9 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
             "--n-per-device",
             str(args.n_per_device),
             "--max-iterations",
-            str(args.iterations),
+            str(iterations),
             "--min-iterations",
-            str(args.iterations),
+            str(iterations),
             "--cache-mib",
             str(args.cache_mib),
             "--out",
@@ -335,7 +336,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
         log=work / f"{label}_fit.log",
     )
     # train split only: each iteration is two passes, plus the final statistics pass
-    passes = fit_rates(fit["samples"], nbytes, 2 * args.iterations + 1)
+    passes = fit_rates(fit["samples"], nbytes, 2 * iterations + 1)
     rates = [p["mb_per_s"] for p in passes]
     steady = rates[1:] if len(rates) > 1 else rates  # the first pass includes compilation
     spi = s_per_iteration(fit["output"])
@@ -357,7 +358,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
         "raw_read": raw,
         "fit": {
             "elapsed_s": fit["elapsed_s"],
-            "iterations": args.iterations,
+            "iterations": iterations,
             "s_per_iteration": spi,
             "peak_rss_mib": fit["peak_rss"] / 2**20,
             "peak_anon_mib": fit["peak_anon"] / 2**20,
@@ -463,6 +464,21 @@ def main(argv=None) -> int:
         "which is what this measures; a cache would hold the small archive in memory)",
     )
     p.add_argument("--iterations", type=int, default=2)
+    p.add_argument(
+        "--small-iterations",
+        type=int,
+        default=None,
+        help="iterations of the small archive's fit (default: --iterations × "
+        "--small-fraction, so both fits read the same bytes: a 2-iteration fit of the "
+        "small archive ends in seconds, before its RSS has reached the steady level that "
+        "the large one's peak is compared with)",
+    )
+    p.add_argument(
+        "--reuse-large",
+        default=None,
+        help="take the large archive's results from this earlier JSON (re-measure only "
+        "the small one)",
+    )
     p.add_argument("--records-per-shard", type=int, default=1000)
     p.add_argument(
         "--dir", default=None, help="where the archives go (default: a temporary folder in $TMPDIR)"
@@ -474,6 +490,8 @@ def main(argv=None) -> int:
     args.beam_args = beam_args  # unknown flags go to Beam, as with `imnn-stream generate`
     if args.small_fraction is None:
         args.small_fraction = 8 if args.scale_down else SMALL_FRACTION
+    if args.small_iterations is None:
+        args.small_iterations = args.iterations * args.small_fraction
     if args.size < 64:
         p.error("--size must be at least 64 (the benchmark is about 64×64 or larger fields)")
 
@@ -521,6 +539,7 @@ def main(argv=None) -> int:
             "devices": args.devices,
             "n_per_device": args.n_per_device,
             "iterations": args.iterations,
+            "small_iterations": args.small_iterations,
             "field": [args.size, args.size],
             "mode": "numerical",
             "splits": ["train"],
@@ -532,7 +551,12 @@ def main(argv=None) -> int:
     }
     try:
         results["sizes"]["small"] = one_size("small", cmd, work / "small", n_small, args, work)
-        results["sizes"]["large"] = one_size("large", cmd, work / "large", n_big, args, work)
+        if args.reuse_large:
+            earlier = json.loads(Path(args.reuse_large).read_text())
+            results["sizes"]["large"] = earlier["sizes"]["large"]
+            results["large_from"] = f"{args.reuse_large} ({earlier['date']})"
+        else:
+            results["sizes"]["large"] = one_size("large", cmd, work / "large", n_big, args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
