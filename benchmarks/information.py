@@ -8,7 +8,7 @@ seed-matched numerical archive (train + validation, n_s = n_d) is fitted
 * with the command line's default FitConfig (only ``devices``, the iteration budget
   and ``expected_detF`` set): network ``auto``, input normalisation;
 * with the whitened start switched on (``--whiten``) and, for the log-normal,
-  with the documented ``--input-transform log1p`` and with ``--no-normalise``;
+  with the documented ``--input-transform log`` / ``log1p`` and with ``--no-normalise``;
 * by the reference imnn 0.3.2 (its in-memory NumericalGradientIMNN on the same
   arrays, the same network and Adam rate, the same budget and patience), when its
   venv exists (``../shared/reference/README.md``; ``--reference-python``).
@@ -59,6 +59,7 @@ SIMULATORS = {
         LOGNORMAL_THETA_FID,
         (0.1, 0.1),
         {
+            "--input-transform log": dict(input_transform="log"),
             "--input-transform log1p": dict(input_transform="log1p"),
             "--no-normalise": dict(normalise=False),
         },
@@ -68,7 +69,7 @@ ABLATIONS = {"--whiten": dict(whiten=True)}
 # infer: simulator name -> (θ_true, θ_start, prior box, FitConfig overrides)
 INFER = {
     "toy": ((0.3, 1.4), (0.0, 1.0), ((-2.0, 0.2), (2.0, 4.0)), {}),
-    "lognormal": ((1.2, 1.3), (1.0, 1.5), ((0.0, 0.5), (3.0, 3.0)), dict(input_transform="log1p")),
+    "lognormal": ((1.2, 1.3), (1.0, 1.5), ((0.0, 0.5), (3.0, 3.0)), dict(input_transform="log")),
 }
 
 
@@ -269,6 +270,11 @@ def main(argv=None):
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--reference-python", default=REFVENV, help="'' to skip the reference")
     p.add_argument("--out", default="benchmarks/results/information.json")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep --out's rows of the simulators not run now (re-measure some only)",
+    )
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(SIMULATORS)
     log = lambda row: print(json.dumps(row), file=sys.stderr, flush=True)  # noqa: E731
@@ -278,6 +284,11 @@ def main(argv=None):
             fits += fit_rows(name, args, tmp, log)
         if not args.no_infer:
             infer = [infer_rows(n, args, tmp, log) for n in names if n in INFER]
+    if args.merge and os.path.exists(args.out):
+        earlier = json.load(open(args.out))
+        fits = [r for r in earlier["fits"] if r["simulator"] not in names] + fits
+        ran = {b["simulator"] for b in infer} if not args.no_infer else set()
+        infer = [b for b in earlier["infer"] if b["simulator"] not in ran] + infer
     result = dict(
         benchmark="information",
         date=time.strftime("%Y-%m-%d %H:%M:%S"),

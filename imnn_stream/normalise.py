@@ -1,8 +1,8 @@
 """Input normalisation inside the network function.
 
 The network sees (T(x) − m)/s instead of x, where T is an elementwise transform
-(``none``, ``log1p`` for positive data spanning decades, ``asinh`` for data of
-either sign with heavy tails) and m, s are the mean and standard deviation of T(x)
+(``none``, ``log`` for positive data spanning decades, ``log1p`` for such data
+with zeros, ``asinh`` for data of either sign with heavy tails) and m, s are the mean and standard deviation of T(x)
 over the fiducial training set: per element for vector inputs, per channel (last
 axis) for rank-3 inputs, one scalar for 2-D fields (``writers.input_stats``, which
 also gathers them into an archive's manifest as it is written). Because the normalisation is
@@ -35,6 +35,10 @@ __all__ = [
 #: elementwise transforms applied before standardising
 TRANSFORMS = {
     "none": lambda x: x,
+    # inputs > 0: a log-normal's log is exactly Gaussian (benchmarks/information.py:
+    # log kept more of the log-normal's det F than log1p, whose log1p(x) ≈ x squashes
+    # the decades below 1)
+    "log": jnp.log,
     "log1p": jnp.log1p,  # inputs > −1 (positive data spanning orders of magnitude)
     "asinh": jnp.arcsinh,  # any sign; ~x near 0, ~sign(x) ln 2|x| for large |x|
 }
@@ -92,7 +96,7 @@ class Accumulator:
         if not self.stats.valid(self.transform):
             raise ValueError(
                 f"input transform {self.transform!r} gives non-finite values "
-                "(log1p needs inputs > −1)"
+                "(log needs inputs > 0, log1p inputs > −1)"
             )
         return self
 
@@ -107,7 +111,7 @@ def from_statistics(stats: InputStats, transform="none") -> Normalisation:
     if not stats.valid(transform):
         raise ValueError(
             f"input transform {transform!r} is not defined on every input "
-            "(log1p needs inputs > −1) or they hold non-finite values"
+            "(log needs inputs > 0, log1p inputs > −1) or they hold non-finite values"
         )
     if stats.count < 2:
         raise ValueError("input normalisation needs at least two fiducial inputs")

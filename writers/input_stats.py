@@ -10,11 +10,11 @@ pass over a large archive.
 Statistics are per element for vector inputs (rank ≤ 1), per channel (the last
 axis) for rank-3 inputs, and one scalar for 2-D fields and higher ranks
 (:func:`reduce_axes`).  For each transform T in :data:`TRANSFORMS` (``none``,
-``log1p``, ``asinh``) they are ``count`` (values per statistic), ``mean`` and
+``log``, ``log1p``, ``asinh``) they are ``count`` (values per statistic), ``mean`` and
 ``m2`` (the sum of squared deviations from the mean) of T(x) in float64,
 merged across batches and shards with the parallel update of Chan, Golub and
 LeVeque (order independent up to rounding).  A transform not defined on every
-value (``log1p`` of a value ≤ −1) or any non-finite value makes the
+value (``log`` of a value ≤ 0, ``log1p`` of a value ≤ −1) or any non-finite value makes the
 transform's statistics ``null`` (invalid).
 
 JSON (the manifest field, docs/archive-contract.md)::
@@ -22,7 +22,7 @@ JSON (the manifest field, docs/archive-contract.md)::
     {"split": "train", "kinds": ["fiducial"], "records": n_s,
      "axes": [int, ...],          # axes of one input reduced over
      "count": int,                # values per statistic = records · reduced size
-     "transforms": {"none": {"mean": M, "m2": M}, "log1p": {...} | null, "asinh": {...}}}
+     "transforms": {"none": {"mean": M, "m2": M}, "log": {...} | null, "log1p": {...} | null, "asinh": {...}}}
 
 ``M``: a number or a list, of shape :func:`stats_shape` (input_shape).
 """
@@ -46,11 +46,11 @@ __all__ = [
 ]
 
 #: elementwise transforms summarised (imnn_stream.normalise applies the same)
-TRANSFORMS = ("none", "log1p", "asinh")
+TRANSFORMS = ("none", "log", "log1p", "asinh")
 #: kinds whose ``data`` are fiducial simulations (not finite differences or dsim/dθ)
 FIDUCIAL_KINDS = ("fiducial", "main", "remaining")
 
-_FUNCS = {"none": None, "log1p": np.log1p, "asinh": np.arcsinh}
+_FUNCS = {"none": None, "log": np.log, "log1p": np.log1p, "asinh": np.arcsinh}
 
 
 def reduce_axes(input_shape) -> tuple:

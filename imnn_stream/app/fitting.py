@@ -152,10 +152,11 @@ class FitConfig:
     )
     input_transform: str = _opt(
         "--input-transform",
-        "elementwise transform before standardising: log1p for positive data spanning "
-        "orders of magnitude, asinh for heavy tails of either sign",
+        "elementwise transform before standardising: log for positive data spanning "
+        "orders of magnitude (log1p when zeros occur), asinh for heavy tails of either "
+        "sign",
         "none",
-        choices=("none", "log1p", "asinh"),
+        choices=("none", "log", "log1p", "asinh"),
     )
     whiten: bool = _opt(
         "--whiten",
