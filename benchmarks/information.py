@@ -268,6 +268,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="infer rounds per simulator")
     p.add_argument("--only", default=None, help="comma-separated simulator names")
     p.add_argument("--no-infer", action="store_true")
+    p.add_argument("--no-fits", action="store_true", help="only the infer rounds")
     p.add_argument("--reference-python", default=REFVENV, help="'' to skip the reference")
     p.add_argument("--out", default="benchmarks/results/information.json")
     p.add_argument(
@@ -280,13 +281,14 @@ def main(argv=None):
     log = lambda row: print(json.dumps(row), file=sys.stderr, flush=True)  # noqa: E731
     fits, infer = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
+        for name in names if not args.no_fits else ():
             fits += fit_rows(name, args, tmp, log)
         if not args.no_infer:
             infer = [infer_rows(n, args, tmp, log) for n in names if n in INFER]
     if args.merge and os.path.exists(args.out):
         earlier = json.load(open(args.out))
-        fits = [r for r in earlier["fits"] if r["simulator"] not in names] + fits
+        ran_fits = set() if args.no_fits else set(names)
+        fits = [r for r in earlier["fits"] if r["simulator"] not in ran_fits] + fits
         ran = {b["simulator"] for b in infer} if not args.no_infer else set()
         infer = [b for b in earlier["infer"] if b["simulator"] not in ran] + infer
     result = dict(
