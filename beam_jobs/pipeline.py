@@ -39,7 +39,7 @@ from writers.check import check_shard
 from writers.errors import ArchiveError
 from writers.layout import ShardSpec, kind_features, kinds
 from writers.schema import RecordSpec, encode_example
-from writers.shard import FileMeta, write_shard
+from writers.shard import FileMeta, gathers_input_stats, write_shard
 
 from .job import JOB_NAME, Job
 from .simulate import (
@@ -48,6 +48,7 @@ from .simulate import (
     compilation_cache_dir,
     load_simulator,
     shard_records,
+    simulator_file,
     use_compilation_cache,
 )
 
@@ -176,6 +177,9 @@ def check_existing(root: str, job: Job, spec: ShardSpec) -> Optional[FileMeta]:
         n_s=job.n_s,
         first_error_only=True,
         source="plan",
+        # only training shards' statistics reach the manifest: a kept validation
+        # shard need not gather them
+        input_stats=gathers_input_stats(spec),
     )
     if not check.ok:
         msg, record = check.errors[0]
@@ -191,20 +195,11 @@ _BATCHERS: dict = {}
 _BATCHERS_LOCK = threading.Lock()
 
 
-def _simulator_file(name: str) -> Optional[str]:
-    """The file of a ``path/file.py:function`` simulator (as simulate.load_simulator
-    tells them from module names), else None."""
-    module, sep, _ = name.rpartition(":")
-    if sep and module and (module.endswith(".py") or os.sep in module):
-        return module
-    return None
-
-
 def worker_simulator(name: str) -> str:
     """The simulator name the workers load: a relative file path made absolute
     in the driver's working directory (a ``dask worker`` or remote worker runs
     elsewhere). The job, and so the manifest, keep the name as given."""
-    path = _simulator_file(name)
+    path = simulator_file(name)
     if path is None or os.path.isabs(path):
         return name
     return f"{os.path.abspath(path)}:{name.rpartition(':')[2]}"
@@ -221,7 +216,7 @@ def _batcher(job: Job, simulator: Optional[str] = None) -> BatchSimulator:
     and, for a simulator file, its size and modification time, so an edited
     file is loaded again."""
     simulator = simulator or job.simulator
-    path = _simulator_file(simulator)
+    path = simulator_file(simulator)
     stamp = None
     if path:
         try:

@@ -44,6 +44,7 @@ __all__ = [
     "SimulationError",
     "SimulatorSpec",
     "load_simulator",
+    "simulator_file",
     "seed_keys",
     "varied_thetas",
     "records_per_seed",
@@ -90,6 +91,15 @@ class SimulatorSpec:
         return self.resolved
 
 
+def simulator_file(name: str) -> str | None:
+    """The file of a ``path/file.py:function`` simulator name, else None (a
+    ``module:function`` name or a built-in)."""
+    module, sep, _ = name.rpartition(":")
+    if sep and module and (module.endswith(".py") or os.sep in module):
+        return module
+    return None
+
+
 def load_simulator(spec: SimulatorSpec) -> Callable:
     """Import ``spec`` and return ``simulator(key, θ) -> float(input_shape)``.
 
@@ -103,7 +113,7 @@ def load_simulator(spec: SimulatorSpec) -> Callable:
             f"simulator {spec.name!r}: expected 'module:function' or 'path/file.py:function'"
         )
     try:
-        if module_name.endswith(".py") or os.sep in module_name:
+        if simulator_file(target):
             # a file path: handy for local scripts and tests; on a remote runner
             # the module must instead be installed on the workers.
             path = os.path.abspath(module_name)

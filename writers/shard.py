@@ -90,7 +90,7 @@ def write_shard(
     else:
         spec, relpath = None, str(spec_or_relpath)
     with_stats = isinstance(records, StatsRecords)
-    if with_stats and spec is not None and not _fiducial_training(spec):
+    if with_stats and spec is not None and not gathers_input_stats(spec):
         records.stats = None  # nothing to gather: validation or derivative records
     path = fs.join(root, relpath)
     digest = hashlib.sha256()
@@ -136,7 +136,9 @@ def write_shard(
     )
 
 
-def _fiducial_training(spec: ShardSpec) -> bool:
+def gathers_input_stats(spec: ShardSpec) -> bool:
+    """Whether a shard's inputs go into the manifest's ``input_statistics``: the
+    fiducial kinds of the train split."""
     return spec.split == "train" and spec.kind in FIDUCIAL_KINDS
 
 
