@@ -30,7 +30,7 @@ FRAMING_BYTES = HEADER_BYTES + FOOTER_BYTES
 
 def masked_crc(data) -> int:
     """TFRecord's masked CRC32C of ``data`` (uint32; any C-contiguous buffer)."""
-    crc = google_crc32c.value(data) if isinstance(data, bytes) else crc32c(data)
+    crc = crc32c(data)  # whole bytes go to google_crc32c.value there
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
