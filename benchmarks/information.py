@@ -7,8 +7,10 @@ seed-matched numerical archive (train + validation, n_s = n_d) is fitted
 
 * with the command line's default FitConfig (only ``devices``, the iteration budget
   and ``expected_detF`` set): network ``auto``, input normalisation;
-* with the whitened start switched on (``--whiten``) and, for the log-normal,
-  with the documented ``--input-transform log`` / ``log1p`` and with ``--no-normalise``;
+* with the whitened start switched on (``--whiten``); for the field with the
+  learnt filters of ``--model field:8`` and the flattened ``--model cnn:8,16``; for
+  the log-normal (where ``auto`` takes ``log``) with ``--input-transform none`` /
+  ``log1p`` and with ``--no-normalise``;
 * by the reference imnn 0.3.2 (its in-memory NumericalGradientIMNN on the same
   arrays, the same network and Adam rate, the same budget and patience), when its
   venv exists (``../shared/reference/README.md``; ``--reference-python``).
@@ -53,13 +55,21 @@ REFVENV = os.path.expanduser("~/.cache/imnn_stream/refvenv/bin/python")
 # name -> (simulator, θ_fid, δθ, variants beyond the default: FitConfig overrides)
 SIMULATORS = {
     "toy": (gaussian_toy, TOY_THETA_FID, (0.1, 0.1), {}),
-    "grf16": (gaussian_random_field(16), (1.0, 2.0), (0.1, 0.1), {}),
+    "grf16": (
+        gaussian_random_field(16),
+        (1.0, 2.0),
+        (0.1, 0.1),
+        {  # the default network is `field` (log shell powers); cnn was the default before
+            "--model field:8": dict(model="field:8"),
+            "--model cnn:8,16": dict(model="cnn:8,16"),
+        },
+    ),
     "lognormal": (
         lognormal,
         LOGNORMAL_THETA_FID,
         (0.1, 0.1),
-        {
-            "--input-transform log": dict(input_transform="log"),
+        {  # the default transform `auto` takes log here
+            "--input-transform none": dict(input_transform="none"),
             "--input-transform log1p": dict(input_transform="log1p"),
             "--no-normalise": dict(normalise=False),
         },
@@ -69,7 +79,7 @@ ABLATIONS = {"--whiten": dict(whiten=True)}
 # infer: simulator name -> (θ_true, θ_start, prior box, FitConfig overrides)
 INFER = {
     "toy": ((0.3, 1.4), (0.0, 1.0), ((-2.0, 0.2), (2.0, 4.0)), {}),
-    "lognormal": ((1.2, 1.3), (1.0, 1.5), ((0.0, 0.5), (3.0, 3.0)), dict(input_transform="log")),
+    "lognormal": ((1.2, 1.3), (1.0, 1.5), ((0.0, 0.5), (3.0, 3.0)), {}),
 }
 
 
@@ -280,13 +290,22 @@ def main(argv=None):
     names = args.only.split(",") if args.only else list(SIMULATORS)
     log = lambda row: print(json.dumps(row), file=sys.stderr, flush=True)  # noqa: E731
     fits, infer = [], []
+    earlier = json.load(open(args.out)) if args.merge and os.path.exists(args.out) else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in names if not args.no_fits else ():
             fits += fit_rows(name, args, tmp, log)
+            save(args, names, fits, infer, earlier)  # a crash later keeps what ran
         if not args.no_infer:
-            infer = [infer_rows(n, args, tmp, log) for n in names if n in INFER]
-    if args.merge and os.path.exists(args.out):
-        earlier = json.load(open(args.out))
+            for n in names:
+                if n in INFER:
+                    infer.append(infer_rows(n, args, tmp, log))
+                    save(args, names, fits, infer, earlier)
+    print(json.dumps(save(args, names, fits, infer, earlier)))
+
+
+def save(args, names, fits, infer, earlier):
+    """Write --out (JSON) and its markdown table; returns the result dict."""
+    if earlier is not None:
         ran_fits = set() if args.no_fits else set(names)
         fits = [r for r in earlier["fits"] if r["simulator"] not in ran_fits] + fits
         ran = {b["simulator"] for b in infer} if not args.no_infer else set()
@@ -305,7 +324,7 @@ def main(argv=None):
         json.dump(result, fh, indent=1)
     with open(os.path.splitext(args.out)[0] + ".md", "w") as fh:
         fh.write(markdown(result))
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

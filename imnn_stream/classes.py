@@ -155,6 +155,7 @@ class GradientIMNN(Trainer):
             n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser, key_or_state
         )
         train = _gradient_data(self, fiducial, derivative)
+        self.calibrate(fiducial)  # a fresh network's data-dependent constants, if any
         validation = _validation(self, _gradient_data, validation_fiducial, validation_derivative)
         mode = gradient_mode(self.model, self.n_s, self.n_d, self.n_params)
         self._configure(mode, self._strategy_for(mode, train, validation))
@@ -190,6 +191,7 @@ class NumericalGradientIMNN(Trainer):
         )
         self.δθ = _δθ(self, δθ)
         train = _numerical_data(self, fiducial, derivative)
+        self.calibrate(fiducial)  # a fresh network's data-dependent constants, if any
         validation = _validation(self, _numerical_data, validation_fiducial, validation_derivative)
         mode = numerical_mode(self.model, self.n_s, self.n_d, self.n_params, self.δθ)
         self._configure(mode, self._strategy_for(mode, train, validation))

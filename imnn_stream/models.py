@@ -11,6 +11,7 @@ import importlib
 import math
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from .adapters import from_equinox, from_flax
@@ -18,6 +19,8 @@ from .adapters import from_equinox, from_flax
 __all__ = [
     "mlp",
     "cnn",
+    "field",
+    "calibrate",
     "polynomial",
     "from_spec",
     "from_flax",
@@ -45,6 +48,27 @@ ACTIVATIONS = {
 }
 
 
+def _dense_init(rng, n_in, widths):
+    """[(W float(n_in, width), b float(width)), …]: Glorot-normal weights and
+    N(0, 1e-6²) biases, as stax's ``Dense``."""
+    w = []
+    for width in widths:
+        rng, k1, k2 = jax.random.split(rng, 3)
+        w.append((_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,))))
+        n_in = width
+    return w
+
+
+def _dense_apply(layers, h, act=None):
+    """h float(..., n_in) through ``layers``, ``act`` (LeakyReLU) between them."""
+    act = _leaky_relu if act is None else act
+    for i, (W, b) in enumerate(layers):
+        h = h @ W + b
+        if i < len(layers) - 1:
+            h = act(h)
+    return h
+
+
 def mlp(hidden=(128, 128), n_summaries=2, activation="leaky_relu"):
     """Fully connected network: flatten → [Dense → activation]* → Dense(n_summaries).
 
@@ -55,25 +79,12 @@ def mlp(hidden=(128, 128), n_summaries=2, activation="leaky_relu"):
     widths = tuple(int(h) for h in hidden) + (int(n_summaries),)
 
     def init(rng, input_shape):
-        n_in = int(math.prod(input_shape))
-        w = []
-        for width in widths:
-            rng, k1, k2 = jax.random.split(rng, 3)
-            w.append(
-                (_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,)))
-            )
-            n_in = width
-        return (widths[-1],), w
+        return (widths[-1],), _dense_init(rng, int(math.prod(input_shape)), widths)
 
     def apply(w, x):
         n_in = w[0][0].shape[0]
         batch_shape = x.shape[: x.ndim - _input_ndim(x, n_in)]
-        h = x.reshape(batch_shape + (n_in,))
-        for i, (W, b) in enumerate(w):
-            h = h @ W + b
-            if i < len(w) - 1:
-                h = act(h)
-        return h
+        return _dense_apply(w, x.reshape(batch_shape + (n_in,)), act)
 
     return init, apply
 
@@ -109,13 +120,7 @@ def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
                 )
             )
             H, W, C = -(-H // 2), -(-W // 2), c
-        n_in = H * W * C
-        for width in (int(dense), int(n_summaries)):
-            rng, k1, k2 = jax.random.split(rng, 3)
-            w.append(
-                (_glorot(k1, (n_in, width), n_in, width), 1e-6 * jax.random.normal(k2, (width,)))
-            )
-            n_in = width
+        w += _dense_init(rng, H * W * C, (int(dense), int(n_summaries)))
         return (int(n_summaries),), w
 
     def apply(w, x):
@@ -134,11 +139,122 @@ def cnn(channels=(8, 16), dense=64, n_summaries=2, kernel=3):
             )
             h = _leaky_relu(h)
         h = h.reshape(h.shape[0], math.prod(h.shape[1:]))  # also for empty batches
-        (W1, b1), (W2, b2) = w[len(channels) :]
-        h = _leaky_relu(h @ W1 + b1) @ W2 + b2
+        h = _dense_apply(w[len(channels) :], h)
         return h[0] if single else h
 
     return init, apply
+
+
+def _radial_bins(H: int, W: int):
+    """Bin matrix float(H·(W//2+1), n_bins) averaging rfft2 power over shells of
+    |k| (in units of the fundamental, rounded; k = 0 left out: the field's mean is a
+    feature of its own), each mode weighted by how often it appears in the full
+    spectrum; and the number of modes per shell float(n_bins)."""
+    kx = np.fft.fftfreq(H) * H
+    ky = np.fft.rfftfreq(W) * W
+    shell = np.floor(np.sqrt(kx[:, None] ** 2 + ky[None, :] ** 2) + 0.5).astype(int).ravel()
+    # rfft2 keeps ky ≥ 0: the columns 0 < ky < W/2 stand for two modes each
+    weight = np.broadcast_to(
+        np.where((ky == 0) | (2 * ky == W), 1.0, 2.0)[None, :], (H, len(ky))
+    ).ravel()
+    n_bins = int(shell.max())
+    M = np.zeros((len(shell), n_bins), np.float32)
+    for b in range(1, n_bins + 1):
+        sel = shell == b
+        M[sel, b - 1] = weight[sel] / weight[sel].sum()
+    return M, np.array([weight[shell == b].sum() for b in range(1, n_bins + 1)])
+
+
+def field(filters=0, dense=(128, 128), n_summaries=2, kernel=5):
+    """Translation-invariant network for 2-D fields float(H, W) or float(H, W, C).
+
+    Features, per channel: the log of the power spectrum averaged over shells of
+    |k| (``_radial_bins``; a Gaussian random field's sufficient statistics) and
+    the field's mean, standardised by constants float(2, C, n_shells + 1) in the
+    weights' first entry, which the optimiser never changes (stop_gradient; Adam's
+    step for a zero gradient is zero) and :func:`calibrate` sets from fiducial
+    inputs (until then: those of unit white noise). With ``filters`` > 0, also the
+    spatial mean and log mean square of that many learnt ``kernel``×``kernel``
+    convolutions (statistics beyond the power spectrum, e.g. of non-Gaussian
+    fields; ~10× the cost on CPU). Then an MLP (``dense`` widths, LeakyReLU) →
+    float(n_summaries).
+
+    Why: the CNN (``cnn``) must learn quadratic statistics from flattened strided
+    convolutions and kept 10 % of the 16×16 field's det F in 1000 iterations;
+    standardised log shell powers reach the exact Fisher (benchmarks/information.py).
+    Unstandardised they barely move (3 % in 300 iterations): the shell powers'
+    spread is a few percent of their means.
+    """
+    filters, dense = int(filters), tuple(int(d) for d in dense)
+
+    def init(rng, input_shape):
+        shape = tuple(input_shape) + ((1,) if len(input_shape) == 2 else ())
+        if len(shape) != 3:
+            raise ValueError(f"field model: inputs must be (H, W) or (H, W, C), got {input_shape}")
+        H, W, C = shape
+        _, modes = _radial_bins(H, W)
+        # unit white noise: a shell's power is the mean of `modes` unit exponentials
+        spread = np.concatenate([1 / np.sqrt(modes), [1 / np.sqrt(H * W)]])
+        scale = np.stack([np.zeros((C, len(spread))), np.tile(spread, (C, 1))])
+        w = [jnp.asarray(scale, jnp.float32)]
+        if filters:
+            rng, k1 = jax.random.split(rng)
+            fan = kernel * kernel * C
+            w.append((_glorot(k1, (kernel, kernel, C, filters), fan, filters), jnp.zeros(filters)))
+        w += _dense_init(rng, C * len(spread) + 2 * filters, dense + (int(n_summaries),))
+        return (int(n_summaries),), w
+
+    def batched(w, x):
+        """(x as float(n, H, W, C), whether x was one input)."""
+        C = w[0].shape[1]
+        single = x.ndim == (2 if C == 1 else 3)
+        h = x[None] if single else x
+        return (h[..., None] if C == 1 else h), single
+
+    def spectral(h):
+        """Log shell powers and mean float(n, C, n_shells + 1) of h float(n, H, W, C)."""
+        n, H, W, C = h.shape
+        M, _ = _radial_bins(H, W)
+        f = jnp.fft.rfft2(jnp.moveaxis(h, -1, 1))  # (n, C, H, W//2+1)
+        power = (f.real**2 + f.imag**2).reshape(n, C, -1) / (H * W)
+        mean = jnp.mean(h, axis=(1, 2))[..., None]
+        return jnp.concatenate([jnp.log(power @ jnp.asarray(M) + 1e-12), mean], -1)
+
+    def apply(w, x):
+        h, single = batched(w, x)
+        scale = jax.lax.stop_gradient(w[0])
+        o = ((spectral(h) - scale[0]) / scale[1]).reshape(h.shape[0], -1)
+        layers = w[1:]
+        if filters:
+            (Wc, bc), layers = w[1], w[2:]
+            c = jax.lax.conv_general_dilated(
+                h, Wc, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            c = _leaky_relu(c + bc)
+            o = jnp.concatenate(
+                [o, jnp.mean(c, axis=(1, 2)), jnp.log(jnp.mean(c**2, axis=(1, 2)) + 1e-12)], -1
+            )
+        o = _dense_apply(layers, o)
+        return o[0] if single else o
+
+    def calibrate_spectral(w, x):
+        """``w`` standardising the spectral features of x float(n, *input_shape)."""
+        h, _ = batched(w, jnp.asarray(x, jnp.float32))
+        f = np.asarray(jax.jit(spectral)(h), np.float64)
+        mean, std = f.mean(0), f.std(0)
+        std = np.where(std > 1e-6 * (1 + np.abs(mean)), std, 1.0)  # constant features
+        return [jnp.asarray(np.stack([mean, std]), jnp.float32)] + list(w[1:])
+
+    apply.calibrate = calibrate_spectral
+    return init, apply
+
+
+def calibrate(model, w, fiducial):
+    """Weights ``w`` of ``model`` with its data-dependent constants set from fiducial
+    inputs float(n, *input_shape) (models with a ``calibrate`` attribute on ``apply``,
+    e.g. :func:`field`; others unchanged) — for a fresh network, before fitting."""
+    hook = getattr(model[1], "calibrate", None)
+    return w if hook is None else hook(w, fiducial)
 
 
 def polynomial(degree=2, n_summaries=2):
@@ -166,20 +282,21 @@ def polynomial(degree=2, n_summaries=2):
     return init, apply
 
 
-BUILT_IN = ("mlp", "cnn", "polynomial")
+BUILT_IN = ("mlp", "cnn", "field", "polynomial")
 
 #: what ``auto`` (the command line's default model) becomes, by input rank
-AUTO = {"vector": "mlp:128,128", "field": "cnn:8,16"}
+AUTO = {"vector": "mlp:128,128", "field": "field"}
 
 
 def resolve_spec(spec: str, input_shape) -> str:
     """``spec`` with ``auto`` replaced by the default network for ``input_shape``:
-    an MLP for vectors, a CNN for 2-D fields (rank ≥ 2), whose convolutions see
-    neighbouring pixels (measured on the 16×16 Gaussian random field, 300
-    iterations: the CNN kept 10 % of det F, the MLP 1.4 %). Other specs unchanged."""
+    an MLP for vectors, the translation-invariant :func:`field` network for 2-D
+    fields (float(H, W) or float(H, W, C)); measured on the 16×16 Gaussian random
+    field (benchmarks/information.py): the flattened CNN kept 10 % of det F, the
+    MLP 1.4 %. Other ranks get the MLP; other specs are unchanged."""
     if spec != "auto":
         return spec
-    return AUTO["field" if len(tuple(input_shape)) >= 2 else "vector"]
+    return AUTO["field" if len(tuple(input_shape)) in (2, 3) else "vector"]
 
 
 class UntrustedCodeError(ValueError):
@@ -189,7 +306,8 @@ class UntrustedCodeError(ValueError):
 def from_spec(spec: str, n_summaries: int, trust_code: bool = False):
     """Model from a command-line spec.
 
-    ``mlp:128,128`` · ``cnn:8,16`` (conv channels; dense width 64) · ``polynomial:2`` ·
+    ``mlp:128,128`` · ``cnn:8,16`` (conv channels; dense width 64) · ``field`` /
+    ``field:8`` (log shell powers, plus 8 learnt filters; :func:`field`) · ``polynomial:2`` ·
     ``package.module:function`` (a factory called as ``function(n_summaries)``
     returning ``(init, apply)``). The built-ins load anywhere; a
     ``module:function`` spec imports (runs) code, so only with ``trust_code=True``
@@ -211,10 +329,14 @@ def from_spec(spec: str, n_summaries: int, trust_code: bool = False):
             return polynomial(numbers[0] if numbers else 2, n_summaries)
         if name == "mlp":
             return mlp(numbers or (128, 128), n_summaries)
+        if name == "field":
+            if len(numbers) > 1:
+                raise ValueError(f"model spec {spec!r}: expected field or field:FILTERS")
+            return field(numbers[0] if numbers else 0, n_summaries=n_summaries)
         return cnn(numbers or (8, 16), n_summaries=n_summaries)
     if not args or not name:
         raise ValueError(
-            f"unknown model spec {spec!r}: expected mlp:W1,W2,…, cnn:C1,C2,…, polynomial:D "
+            f"unknown model spec {spec!r}: expected mlp:W1,W2,…, cnn:C1,C2,…, field[:F], polynomial:D "
             "or package.module:function"
         )
     if not trust_code:

@@ -89,6 +89,7 @@ class Trainer(checks.AsciiNames):
                 f"{tuple(out.shape)}, expected ({self.n_summaries},) (n_summaries)"
             )
         self.initial_w = self.final_w = self.best_w = self.w = w
+        self._fresh = checks.is_key(key_or_state)  # a new network: calibrate() may set it up
         self.history = {k: np.zeros(0, np.float32) for k in _COLUMNS}
         self._step = 0
         self._monitor = None
@@ -102,6 +103,25 @@ class Trainer(checks.AsciiNames):
     def _configure(self, mode, strategy):
         self._mode, self._strategy = mode, strategy
         self._book = jax.jit(self._bookkeeping)
+
+    #: fiducial inputs the in-memory classes calibrate a fresh network with
+    CALIBRATION_SAMPLE = 1000
+
+    def calibrate(self, fiducial) -> bool:
+        """Set a fresh network's data-dependent constants from fiducial inputs
+        float(n, *input_shape) (a model whose ``apply`` has a ``calibrate``
+        attribute: ``models.field``'s feature standardisation) and restart the
+        optimiser state from them; returns whether the model had any. The
+        in-memory array classes call it on their first ``CALIBRATION_SAMPLE``
+        fiducial inputs, ``fit_archive`` on the archive's; call it yourself for the
+        simulator and dataset classes. Warm starts keep their trained weights."""
+        hook = getattr(self.model, "calibrate", None)
+        if hook is None or not self._fresh or self._step:
+            return False
+        w = hook(self.w, np.asarray(fiducial)[: self.CALIBRATION_SAMPLE])
+        self.w = self.initial_w = self.best_w = self.final_w = w
+        self.state = self._opt.init(w)
+        return True
 
     @property
     def validate(self) -> bool:

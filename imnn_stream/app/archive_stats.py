@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from ..normalise import Accumulator, Normalisation, from_statistics
 
-__all__ = ["archive_normalisation", "read_normalisation"]
+__all__ = ["archive_normalisation", "read_normalisation", "fiducial_sample", "fiducial_batches"]
 
 
 def archive_normalisation(archive, transform="none", batch=1024) -> Normalisation:
-    """(T(x) − m)/s with m, s of T(x) over the fiducial inputs of the train split."""
+    """(T(x) − m)/s with m, s of T(x) over the fiducial inputs of the train split;
+    ``transform="auto"`` chooses T from the same statistics (``normalise.choose_transform``)."""
     from writers.manifest import read_manifest
 
     m = read_manifest(archive)
     stats = m.input_stats()
-    if stats is not None and stats.valid(transform):
+    if stats is not None and (stats.valid(transform) or transform == "auto"):
         return from_statistics(stats, transform)
     return read_normalisation(archive, transform, batch, m)
 
@@ -26,21 +27,45 @@ def read_normalisation(archive, transform="none", batch=1024, manifest=None) -> 
     """The normalisation of :func:`archive_normalisation`, reading every
     fiducial training input (every kind of fiducial simulations: gradient-mode
     ``main`` and ``remaining``)."""
+    from writers.manifest import read_manifest
+
+    m = manifest if manifest is not None else read_manifest(archive)
+    acc = Accumulator(m.input_shape, transform)
+    for b in fiducial_batches(archive, batch, manifest=m):
+        acc.update(b)
+    return acc.finish()
+
+
+def fiducial_sample(archive, n: int, manifest=None):
+    """The first ``n`` (or fewer) fiducial training inputs float(≤n, *input_shape),
+    for a fresh network's calibration (``Trainer.calibrate``)."""
+    import numpy as np
+
+    parts, got = [], 0
+    for b in fiducial_batches(archive, min(n, 1024), limit=n, manifest=manifest):
+        parts.append(np.array(b))  # a copy: the reader reuses its batch buffers
+        got += len(b)
+    return np.concatenate(parts)[:n]
+
+
+def fiducial_batches(archive, batch=1024, limit=None, manifest=None):
+    """Yield the fiducial training inputs float(≤batch, *input_shape) in archive
+    order, kind by kind, ``limit`` of them at most (streamed: bounded memory)."""
     from writers.input_stats import FIDUCIAL_KINDS
     from writers.manifest import read_manifest
     from writers.streams import close_all, device_streams, epoch_records, stream_kinds
 
     m = manifest if manifest is not None else read_manifest(archive)
-    acc = Accumulator(m.input_shape, transform)
     counts = {k: epoch_records(m, "train", k, 1) for k in stream_kinds(m) if k in FIDUCIAL_KINDS}
+    left = sum(counts.values()) if limit is None else int(limit)
     streams = device_streams(archive, "train", 1, min(max(counts.values()), batch), manifest=m)
     try:
         for kind, n in counts.items():
             it, got = streams[kind][0], 0
-            while got < n:
-                b = next(it)["data"][: n - got]
-                acc.update(b)
+            while got < n and left > 0:
+                b = next(it)["data"][: min(n - got, left)]
                 got += len(b)
+                left -= len(b)
+                yield b
     finally:
         close_all(streams)
-    return acc.finish()

@@ -101,8 +101,9 @@ class FitConfig:
 
     model: str = _opt(
         "--model",
-        "auto | mlp:W1,W2,… | cnn:C1,C2,… | polynomial:D | package.module:factory "
-        "(auto: mlp:128,128 for vectors, cnn:8,16 for fields)",
+        "auto | mlp:W1,W2,… | cnn:C1,C2,… | field[:FILTERS] | polynomial:D | "
+        "package.module:factory (auto: mlp:128,128 for vectors, field for 2-D fields: "
+        "standardised log power in shells of |k|, plus FILTERS learnt convolutions)",
         "auto",
         type=_model_spec,
     )
@@ -154,9 +155,10 @@ class FitConfig:
         "--input-transform",
         "elementwise transform before standardising: log for positive data spanning "
         "orders of magnitude (log1p when zeros occur), asinh for heavy tails of either "
-        "sign",
-        "none",
-        choices=("none", "log", "log1p", "asinh"),
+        "sign; auto (default) takes log or log1p when the fiducial inputs are positive "
+        "and their log spreads by at least 1 (about two decades), none otherwise",
+        "auto",
+        choices=("auto", "none", "log", "log1p", "asinh"),
     )
     whiten: bool = _opt(
         "--whiten",
@@ -407,7 +409,13 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     checkpoint_dir = checkpoint_dir or (
         os.path.join(out, "checkpoint") if c.checkpoint_every or c.resume else None
     )
-    if c.whiten and not warm and not (c.resume and os.path.exists(checkpoint_dir)):
+    fresh = not warm and not (c.resume and os.path.exists(checkpoint_dir))
+    if fresh and getattr(imnn.model, "calibrate", None) is not None:
+        from .archive_stats import fiducial_sample
+
+        # the same first records on every process: identical constants everywhere
+        imnn.calibrate(fiducial_sample(archive, imnn.CALIBRATION_SAMPLE, m))
+    if c.whiten and fresh:
         from ..whitening import whiten_output
 
         whiten_output(imnn)  # one pass over the training set; the same on every process

@@ -133,6 +133,9 @@ def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_det
         final_training_detF=float(h["detF"][-1]) if len(h["detF"]) else None,
         best_detF=float(h["max_detF"][-1]) if len(h["max_detF"]) else None,
     )
+    norm = (extra or {}).get("normalisation")
+    if norm:  # which transform ``auto`` chose shows beside the information kept
+        summary["input_transform"] = norm["transform"]
     if expected_detF is None:
         expected_detF = getattr(imnn, "expected_detF", None)
     summary.update(information_summary(imnn, expected_detF))

@@ -96,12 +96,3 @@ def test_whitened_start_keeps_more_information_early(toy_1000):
         imnn.fit(10.0, 0.1, patience=200, min_iterations=0, max_iterations=200, print_rate=None)
         best[whiten] = float(imnn.history["val_detF"].max())
     assert best[True] > 1.5 * best[False]
-
-
-def test_auto_model_is_an_mlp_for_vectors_and_a_cnn_for_fields():
-    from imnn_stream.app.fitting import FitConfig
-
-    assert FitConfig().model == "auto" and not FitConfig().whiten
-    assert im.models.resolve_spec("auto", (10,)) == "mlp:128,128"
-    assert im.models.resolve_spec("auto", (16, 16)) == "cnn:8,16"
-    assert im.models.resolve_spec("mlp:4", (16, 16)) == "mlp:4"
