@@ -184,6 +184,7 @@ class TwoPass:
                 window[d].append(out)
                 if len(window[d]) > self.in_flight:
                     jax.block_until_ready(window[d].popleft())
+        del window
         raw = {}
         for kind in self.mode.kinds:
             count = self.mode.counts[kind]
@@ -192,15 +193,19 @@ class TwoPass:
                 lambda a: a.reshape((-1,) + a.shape[2:]),
                 jax.device_get([o for _, o in pending[kind]]),
             )
+            pending[kind] = None  # the device copies: only the host copy lives on
             positions, outs = self._exchange(positions, outs)
             _check_coverage(tag, kind, positions, count)
             if not positions:
                 raw[kind] = None  # an empty kind: `remaining` when n_s = n_d
                 continue
-            order = np.concatenate(positions)
+            # placed chunk by chunk: no concatenated copy of every output (issue 10:
+            # what grows with n_s is the outputs, a few bytes per sample; each copy
+            # of them counts)
             raw[kind] = jax.tree_util.tree_map(
-                lambda *xs: _place(np.concatenate(xs), order, count), *outs
+                lambda *xs: _place(xs, positions, count), *outs
             )
+            del outs
         for kind in self.mode.kinds:
             if raw[kind] is None:
                 x = jax.tree_util.tree_leaves(
@@ -213,6 +218,7 @@ class TwoPass:
         """(d loss / d w on the host, statistics dict) over all sources."""
         raw = self.pass1(w, sources, "train")
         st, cot = self._host_loss(jax.device_put(raw, self.host), λ, α)
+        del raw  # pass 2 needs only the cotangents (one host copy of them)
         cot = jax.device_get(cot)
         w_dev = [jax.device_put(w, dev) for dev in self.devices]
         acc = [
@@ -302,7 +308,9 @@ def _check_coverage(tag, kind, positions, count):
     )
 
 
-def _place(values, order, count):
-    out = np.empty((count,) + values.shape[1:], values.dtype)
-    out[order] = values
+def _place(chunks, positions, count):
+    """float(count, ...) with row positions[i][j] = chunks[i][j]."""
+    out = np.empty((count,) + chunks[0].shape[1:], chunks[0].dtype)
+    for p, c in zip(positions, chunks):
+        out[p] = c
     return out

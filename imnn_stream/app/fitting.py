@@ -156,7 +156,7 @@ class FitConfig:
         "elementwise transform before standardising: log for positive data spanning "
         "orders of magnitude (log1p when zeros occur), asinh for heavy tails of either "
         "sign; auto (default) takes log or log1p when the fiducial inputs are positive "
-        "and their log spreads by at least 1 (about two decades), none otherwise",
+        "and their log spreads by at least 0.5 (about a decade), none otherwise",
         "auto",
         choices=("auto", "none", "log", "log1p", "asinh"),
     )
