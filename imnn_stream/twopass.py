@@ -202,9 +202,7 @@ class TwoPass:
             # placed chunk by chunk: no concatenated copy of every output (issue 10:
             # what grows with n_s is the outputs, a few bytes per sample; each copy
             # of them counts)
-            raw[kind] = jax.tree_util.tree_map(
-                lambda *xs: _place(xs, positions, count), *outs
-            )
+            raw[kind] = jax.tree_util.tree_map(lambda *xs: _place(xs, positions, count), *outs)
             del outs
         for kind in self.mode.kinds:
             if raw[kind] is None:
