@@ -136,7 +136,7 @@ class _Streaming:
         n_per_device,
         n_summaries=None,
         validation=True,
-        prefetch=2,
+        prefetch=None,
         cache=None,
         processes=None,
     ):

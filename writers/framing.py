@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator
 import google_crc32c
 import numpy as np
 
-from .crc32c_native import crc32c
+from .crc32c_native import crc32c, crc32c_at
 from .errors import ArchiveError
 
 _MASK_DELTA = 0xA282EAD8
@@ -41,6 +41,13 @@ def length_crc(length: int) -> int:
     return masked_crc(struct.pack("<Q", length))
 
 
+def _bytes_view(buf) -> np.ndarray:
+    """``buf`` (bytes, bytearray, memoryview or a uint8 array) as a flat uint8 array, no copy."""
+    if isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.ndim == 1:
+        return buf
+    return np.frombuffer(buf, np.uint8)
+
+
 def true_prefix(ok: np.ndarray) -> int:
     """Length of the leading run of True in a bool vector."""
     return len(ok) if ok.all() else int(np.argmin(ok))
@@ -58,7 +65,7 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
     at ``pos + 12 + i·(L + 16)``.  ``k`` stops before the first record that
     differs or fails a check (``k == 0`` when the first one does: read that
     one with the per-record checks of :func:`iter_records` for the error).
-    Runs of at least 256 records check their payload CRCs all at once
+    Runs of at least 16 records (or 1 MiB) check their payload CRCs all at once
     against the CRC of the run's bytes (see :func:`_run_crc_ok`), shorter
     ones record by record.
     """
@@ -80,10 +87,7 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
             if few or not _run_crc_ok(buf, pos, length, k, stored):
                 # Few records, or some record is bad (find the first one):
                 # record by record.
-                crc = np.array(
-                    [crc32c(buf, o, length) for o in range(start, start + k * rec, rec)],
-                    np.uint32,
-                )
+                crc = crc32c_at(_bytes_view(buf), np.arange(start, start + k * rec, rec), length)
                 masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(_MASK_DELTA)
                 k = true_prefix(masked == stored)
     return length, k
@@ -102,7 +106,9 @@ def scan_run(buf: bytes, pos: int, limit: int, check_crc: bool = True) -> tuple[
 # could only cancel out with probability 2**-32.  On a mismatch the records
 # are checked one by one, which names the first bad one.
 
-_RUN_CRC_MIN = 256  # fewer records are cheaper to check one by one ...
+# measured (80–1000-byte records): one by one ~3 µs a record; the run check ~60 µs
+# plus 0.1–0.3 µs a record, so it wins from about 16 records
+_RUN_CRC_MIN = 16  # fewer records are cheaper to check one by one ...
 _RUN_CRC_MIN_BYTES = 1 << 20  # ... unless they are this many bytes (one C call, no GIL)
 
 _BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)  # (256, 8)

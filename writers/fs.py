@@ -187,7 +187,8 @@ def size(path: str) -> int:
 
 
 def open_read(path: str, buffer_size: int = 1 << 20):
-    """Binary file object for reading; MissingFileError when absent."""
+    """Binary file object for reading; MissingFileError when absent.
+    ``buffer_size`` 0: a local file unbuffered (for readers with a buffer of their own)."""
     store = _store(path)
     if store is not None:
         if not store.exists(path):
@@ -203,7 +204,7 @@ def open_read(path: str, buffer_size: int = 1 << 20):
             # read-ahead it reads one chunk at a time instead
             ahead = None if readahead.enabled(scheme) else 0
             return readahead.RangedReader(fetch, store.size(path), path, ahead=ahead)
-        return store.open(path, "rb", read_buffer_size=buffer_size * 8)
+        return store.open(path, "rb", read_buffer_size=max(buffer_size, 1 << 20) * 8)
     if is_url(path):
         fs = _beam()
         if not fs.exists(path):

@@ -2,7 +2,8 @@
 
 A :class:`DeviceStream` is the infinite iterator of batches of one device:
 a daemon thread reads its sources' records (:class:`writers.stream_read.Reader`)
-epoch after epoch into a queue of at most ``prefetch`` batches, so memory is
+epoch after epoch into a queue of at most ``prefetch`` batches (default
+:func:`default_prefetch`: 4 MiB of batches, at least 2), so memory is
 bounded by ``prefetch + 2`` batches (the queue's, the one being filled, the
 one the consumer holds) plus, per source, one read buffer and one block of
 decoded records (``tests/streaming/test_memory_bound.py`` counts them).
@@ -30,6 +31,18 @@ from .stream_read import Reader
 
 #: buffers a stream's pool keeps beyond ``prefetch`` (see DeviceStream)
 POOL_SLACK = int(os.environ.get("IMNN_STREAM_POOL_SLACK", "2"))
+#: default read-ahead of a stream: as many batches as fit in this many bytes (at
+#: least 2, at most one epoch). Small batches need depth: a trainer reads one kind's
+#: streams at a time, so a stream refills only while the others are consumed (toy
+#: archive, batches of 100 records: with 2 batches the trainer waited on input for
+#: 55 % of an iteration)
+PREFETCH_BYTES = 4 << 20
+
+
+def default_prefetch(n_per_device: int, epoch: int, row_bytes: int) -> int:
+    """Batches a stream reads ahead by default (see :data:`PREFETCH_BYTES`)."""
+    batches = -(-epoch // max(n_per_device, 1))
+    return int(max(2, min(batches, PREFETCH_BYTES // max(n_per_device * row_bytes, 1))))
 
 
 class DeviceStream:
@@ -46,14 +59,19 @@ class DeviceStream:
         n_per_device: int,
         epoch: int,
         dtype: np.dtype,
-        prefetch: int = 2,
+        prefetch: int | None = None,
     ):
         if n_per_device < 1:
             raise ValueError(f"n_per_device must be >= 1, got {n_per_device}")
         self.n_per_device, self.epoch = n_per_device, epoch
+        row = _row_bytes(sources, np.dtype(dtype))
         #: decoded bytes of one epoch (what keeping it in memory costs)
-        self.epoch_bytes = epoch * _row_bytes(sources, np.dtype(dtype))
-        self._queue = queue.Queue(maxsize=max(1, prefetch))
+        self.epoch_bytes = epoch * row
+        if prefetch is None:
+            prefetch = default_prefetch(n_per_device, epoch, row)
+        #: batches read ahead: the queue's bound
+        self.prefetch = max(1, int(prefetch))
+        self._queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=_produce,
@@ -67,7 +85,7 @@ class DeviceStream:
                 dtype,
                 self._queue,
                 self._stop,
-                prefetch + POOL_SLACK,
+                self.prefetch + POOL_SLACK,
             ),
             daemon=True,
         )

@@ -15,7 +15,8 @@ Device ``d`` of ``D`` reads the contiguous seed block
 count the archive was written for (files are regrouped by seed range).
 Files are read through :mod:`writers.fs` (local paths and URLs) with the
 TFRecord framing and CRC32C checked here; each iterator reads ahead in a
-background thread into a queue of at most ``prefetch`` batches, so memory
+background thread into a queue of at most ``prefetch`` batches (default: 4 MiB
+of batches, at least 2; ``stream_prefetch.default_prefetch``), so memory
 is bounded by ``prefetch + 2`` batches per iterator plus, per iterator,
 one read buffer (at most the larger of 4 MiB and one batch of records) and
 one block of decoded records (at most the larger of 1 MiB and one batch).
@@ -61,7 +62,7 @@ def device_streams(
     split: str,
     n_devices: int,
     n_per_device: int,
-    prefetch: int = 2,
+    prefetch: Optional[int] = None,
     manifest: Optional[Manifest] = None,
     check_crc: bool = True,
     devices: Optional[list[int]] = None,

@@ -94,6 +94,30 @@ def test_slow_consumer_holds_at_most_prefetch_plus_two_batches(archive, monkeypa
     assert count.peak_per_reader >= prefetch + 1  # the queue did fill: the bound was exercised
 
 
+def test_default_read_ahead_is_bytes_bound_and_still_holds(archive, monkeypatch):
+    """Default prefetch: 4 MiB of batches (at least 2, at most an epoch's); the
+    reader never holds more than that + 2."""
+    assert stream_prefetch.default_prefetch(8, 240, 48) == 30  # small: the whole epoch
+    assert stream_prefetch.default_prefetch(1000, 10**6, 64 * 64 * 4) == 2  # 16 MiB batches
+    assert stream_prefetch.default_prefetch(100, 10**6, 400) == (4 << 20) // 40000
+    count = LiveBatches(monkeypatch)
+    streams = device_streams(archive, "train", 1, 8)
+    fid, der = streams["fiducial"][0], streams["derivative"][0]
+    # 4 MiB holds the whole epoch of tiny toy records (4 records per derivative seed)
+    assert (fid.prefetch, der.prefetch) == (N // 8, 4 * N // 8)
+    try:
+        for _ in range(3):
+            next(fid)
+        deadline = time.monotonic() + 10  # the readers run ahead as far as their queues allow
+        while count.peak_per_reader < der.prefetch + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # and no further
+        gc.collect()
+    finally:
+        close_all(streams)
+    assert der.prefetch + 1 <= count.peak_per_reader <= der.prefetch + 2
+
+
 def test_two_pass_fit_holds_at_most_its_stated_batches(archive, monkeypatch, cpu_devices):
     """Per device stream: the reader's prefetch + 2, plus the engine's groups in
     flight (a group is one batch here: batches are ≥ group_bytes/2); nothing is kept
