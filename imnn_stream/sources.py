@@ -3,8 +3,11 @@
 A source is one device's share of one kind. ``epoch()`` yields, for every
 batch of one pass, ``(positions int64(n), batch dict, check)``: the batch's
 global positions (see :mod:`imnn_stream.modes`), its arrays, and a value
-that must be identical in every later pass (positions where the data carry
-their seed indices, a fingerprint of the bytes where they do not).
+that must be identical in every later pass (a digest of the positions where the
+data carry their seed indices, a fingerprint of the bytes where they do not).
+The two-pass engine keeps one check per batch for the whole epoch, so a check is
+a few bytes per batch, never per record (issue 10: the positions themselves, 8
+bytes a record kept for train and validation, were part of what grew with n_s).
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from writers.layout import device_blocks as _device_blocks
 
 from .modes import record_positions
 
-__all__ = ["ArraySource", "StreamSource", "IteratorSource", "fingerprint", "device_blocks"]
+__all__ = [
+    "ArraySource",
+    "StreamSource",
+    "IteratorSource",
+    "fingerprint",
+    "positions_digest",
+    "device_blocks",
+]
 
 
 def device_blocks(count: int, n_devices: int, argument: str):
@@ -50,7 +60,7 @@ class ArraySource:
         for b in range(self.start, self.stop, self.n):
             e = min(b + self.n, self.stop)
             positions = np.arange(b, e, dtype=np.int64)
-            yield positions, {k: v[b:e] for k, v in self.arrays.items()}, positions
+            yield positions, {k: v[b:e] for k, v in self.arrays.items()}, (b, e)
 
 
 class StreamSource:
@@ -87,8 +97,8 @@ class StreamSource:
 
     def epoch(self):
         if self.cached is not None:
-            for positions, batch in self.cached:
-                yield positions, batch, positions
+            for positions, batch, check in self.cached:
+                yield positions, batch, check
             return
         keep = [] if self.cache else None
         for _ in range(self.n_batches):
@@ -97,13 +107,22 @@ class StreamSource:
             self.wait_seconds += time.perf_counter() - t0
             positions = record_positions(self.kind, item, self.n_d, self.n_params)
             batch = {f: item[f] for f in self.fields}
+            check = positions_digest(positions)
             if keep is not None:
-                keep.append((positions, batch))
-            yield positions, batch, positions
+                keep.append((positions, batch, check))
+            yield positions, batch, check
         if keep is not None:  # a whole epoch was read: serve the next ones from memory
             self.cached = keep
             if self._close is not None:
                 self._close()
+
+
+def positions_digest(positions) -> bytes:
+    """16-byte identity of a batch's positions int64(n) (its length and every value)."""
+    p = np.ascontiguousarray(positions, np.int64)
+    return hashlib.blake2b(
+        p.tobytes(), digest_size=16, person=len(p).to_bytes(8, "little")
+    ).digest()
 
 
 def fingerprint(arrays) -> bytes:

@@ -283,26 +283,30 @@ def _same(a, b):
 
 
 def _check_coverage(tag, kind, positions, count):
-    """Every position 0..count−1 exactly once, else a precise error."""
-    allp = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    if len(allp) == count and (
-        count == 0
-        or (
-            allp.min() >= 0 and allp.max() < count and np.bincount(allp, minlength=count).max() == 1
-        )
-    ):
+    """Every position 0..count−1 exactly once, else a precise error. One byte per
+    position (not a concatenated copy and a count of each: those were 16 bytes a
+    sample at the end of pass 1, when memory peaks): ``count`` positions in range
+    that leave no position unseen are each there exactly once."""
+    seen = np.zeros(count, np.uint8)
+    total = 0
+    for p in positions:
+        p = np.asarray(p)
+        total += len(p)
+        outside = (p < 0) | (p >= count)
+        if outside.any():
+            raise OrderError(
+                f"{tag} data, kind '{kind}': positions {p[outside][:5].tolist()} are outside "
+                f"0..{count - 1} (seed indices not of this archive or epoch too long)"
+            )
+        seen[p] = 1
+    if total == count and seen.all():
         return
-    bad = allp[(allp < 0) | (allp >= count)]
-    if bad.size:
-        raise OrderError(
-            f"{tag} data, kind '{kind}': positions {bad[:5].tolist()} are outside "
-            f"0..{count - 1} (seed indices not of this archive or epoch too long)"
-        )
-    n = np.bincount(allp, minlength=count)
+    # the error path: name the duplicated and missing positions
+    n = np.bincount(np.concatenate(positions), minlength=count) if positions else seen
     dup, missing = np.flatnonzero(n > 1), np.flatnonzero(n == 0)
     raise OrderError(
         f"{tag} data, kind '{kind}': expected {count} samples once each, got "
-        f"{len(allp)}; duplicated {dup[:5].tolist()}, missing {missing[:5].tolist()}"
+        f"{total}; duplicated {dup[:5].tolist()}, missing {missing[:5].tolist()}"
     )
 
 

@@ -113,3 +113,60 @@ def test_auto_model_is_an_mlp_for_vectors_and_the_field_network_for_fields():
     assert models.resolve_spec("mlp:4", (16, 16)) == "mlp:4"
     with pytest.raises(ValueError, match="field or field:FILTERS"):
         models.from_spec("field:1,2", 2)
+
+
+def test_fit_archive_calibrates_the_field_network_and_the_run_carries_it(tmp_path):
+    """The command line's path: `auto` picks `field` for a 2-D archive, the fit
+    calibrates it on the archive's first fiducial inputs, and the run folder's
+    weights carry the constants, so a loaded run estimates identically; a lognormal
+    vector archive gets `auto` → log, recorded in the summary."""
+    import json
+    import os
+
+    from imnn_stream.app.fitting import FitConfig, fit_archive
+    from imnn_stream.app.runs import FittedIMNN
+    from writers.archive import write_arrays
+
+    fid, der = _grf(8, 64, 0)
+    vfid, vder = _grf(8, 64, 1)
+    archive = str(tmp_path / "grf")
+    write_arrays(
+        archive, "numerical", GRF_Θ, GRF_Δ, fiducial=fid, derivative=der,
+        validation_fiducial=vfid, validation_derivative=vder, n_devices=2, records_per_shard=16,
+    )  # fmt: skip
+    config = FitConfig(devices=1, n_per_device=32, max_iterations=3, min_iterations=0)
+    out = str(tmp_path / "run")
+    imnn, summary = fit_archive(archive, config, out, progress=False)
+    with open(os.path.join(out, "config.json")) as fh:
+        assert json.load(fh)["model"] == "field"
+    assert summary["input_transform"] == "none"  # a zero-mean field: no log
+    init, apply = models.field(n_summaries=2)
+    expected = apply.calibrate(
+        init(jax.random.PRNGKey(0), (8, 8))[1], imnn.normalisation(jnp.asarray(fid))
+    )[0]
+    np.testing.assert_allclose(np.asarray(imnn.w[0]), np.asarray(expected), rtol=1e-4, atol=1e-5)
+    fitted = FittedIMNN(out)
+    np.testing.assert_array_equal(fitted.get_estimate(vfid[:5]), imnn.get_estimate(vfid[:5]))
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 2 * 64)
+    θ = jnp.asarray(LOGNORMAL_THETA_FID)
+    x = np.asarray(jax.vmap(lambda k: lognormal(k, θ))(keys))
+    steps = np.diag([0.1, 0.1]) / 2
+    d = np.asarray(
+        jax.vmap(
+            lambda k: jnp.stack(
+                [
+                    jax.vmap(lambda s: lognormal(k, θ + sign * s))(jnp.asarray(steps))
+                    for sign in (-1, 1)
+                ]
+            )
+        )(keys)
+    )
+    archive = str(tmp_path / "lognormal")
+    write_arrays(
+        archive, "numerical", θ, (0.1, 0.1), fiducial=x[:64], derivative=d[:64],
+        validation_fiducial=x[64:], validation_derivative=d[64:], n_devices=2,
+        records_per_shard=16,
+    )  # fmt: skip
+    _, summary = fit_archive(archive, config, str(tmp_path / "run2"), progress=False)
+    assert summary["input_transform"] == "log"
