@@ -21,6 +21,7 @@ __all__ = [
     "cnn",
     "field",
     "calibrate",
+    "calibrate_trainer",
     "polynomial",
     "from_spec",
     "from_flax",
@@ -247,6 +248,24 @@ def field(filters=0, dense=(128, 128), n_summaries=2, kernel=5):
 
     apply.calibrate = calibrate_spectral
     return init, apply
+
+
+def calibrate_trainer(trainer, fiducial) -> bool:
+    """Set a fresh network's data-dependent constants from fiducial inputs
+    float(n, *input_shape) (a model whose ``apply`` has a ``calibrate`` attribute:
+    :func:`field`'s feature standardisation; the first ``CALIBRATION_SAMPLE``) and
+    restart the optimiser state from them; returns whether it did. The in-memory
+    array classes call it (``Trainer.calibrate``) on their fiducial inputs,
+    ``fit_archive`` on the archive's; call it yourself for the simulator and dataset
+    classes. Warm starts (an optimiser state given) keep their trained weights."""
+    t = trainer
+    hook = getattr(t.model, "calibrate", None)
+    if hook is None or not t._fresh or t._step:
+        return False
+    w = hook(t.w, np.asarray(fiducial)[: t.CALIBRATION_SAMPLE])
+    t.w = t.initial_w = t.best_w = t.final_w = w
+    t.state = t._opt.init(w)
+    return True
 
 
 def calibrate(model, w, fiducial):

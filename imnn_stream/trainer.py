@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint, portable, restore_portable, write_file
 from .fisher import estimate
 from .loop_state import COLUMNS as _COLUMNS
 from .loop_state import LoopState, Monitor, bookkeeping
+from .models import calibrate_trainer
 from .optimisers import as_optimiser
 from .stats import HISTORY_KEYS
 
@@ -108,20 +109,9 @@ class Trainer(checks.AsciiNames):
     CALIBRATION_SAMPLE = 1000
 
     def calibrate(self, fiducial) -> bool:
-        """Set a fresh network's data-dependent constants from fiducial inputs
-        float(n, *input_shape) (a model whose ``apply`` has a ``calibrate``
-        attribute: ``models.field``'s feature standardisation) and restart the
-        optimiser state from them; returns whether the model had any. The
-        in-memory array classes call it on their first ``CALIBRATION_SAMPLE``
-        fiducial inputs, ``fit_archive`` on the archive's; call it yourself for the
-        simulator and dataset classes. Warm starts keep their trained weights."""
-        hook = getattr(self.model, "calibrate", None)
-        if hook is None or not self._fresh or self._step:
-            return False
-        w = hook(self.w, np.asarray(fiducial)[: self.CALIBRATION_SAMPLE])
-        self.w = self.initial_w = self.best_w = self.final_w = w
-        self.state = self._opt.init(w)
-        return True
+        """:func:`imnn_stream.models.calibrate_trainer` (a fresh network's data-dependent
+        constants from fiducial inputs float(n, *input_shape))."""
+        return calibrate_trainer(self, fiducial)
 
     @property
     def validate(self) -> bool:
@@ -468,14 +458,8 @@ class Trainer(checks.AsciiNames):
             raise RuntimeError(
                 "Fisher statistics are not set: call `fit` or `set_F_statistics` first"
             )
-        return estimate(
-            self._apply,
-            self.w,
-            self.input_shape,
-            self.θ_fid,
-            dict(invF=self.invF, dμ_dθ=self.dμ_dθ, invC=self.invC, μ=self.μ),
-            d,
-        )
+        stats = dict(invF=self.invF, dμ_dθ=self.dμ_dθ, invC=self.invC, μ=self.μ)
+        return estimate(self._apply, self.w, self.input_shape, self.θ_fid, stats, d)
 
     # -- plotting, saving ----------------------------------------------------------------
 
@@ -494,17 +478,9 @@ class Trainer(checks.AsciiNames):
         Returns the matplotlib axes."""
         from .plots import plot_history
 
-        return plot_history(
-            self.history,
-            self.validate,
-            ax=ax,
-            expected_detF=expected_detF,
-            colour=colour,
-            figsize=figsize,
-            label=label,
-            filename=filename,
-            ncol=ncol,
-        )
+        kw = dict(ax=ax, expected_detF=expected_detF, colour=colour, figsize=figsize)
+        kw.update(label=label, filename=filename, ncol=ncol)
+        return plot_history(self.history, self.validate, **kw)
 
     def save(self, path):
         """Write weights, optimiser state, statistics and history to ``path``, an
