@@ -143,16 +143,8 @@ def reference_row(name, variant, exact, arrays, θ, δθ, args, tmp):
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return dict(simulator=name, variant=variant, error=tail[:300])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return dict(
-        simulator=name,
-        variant=variant,
-        exact_detF=exact,
-        best_val_detF=out["best_val_detF"],
-        fraction=out["best_val_detF"] / exact,
-        hartlap_fraction=None,
-        iterations=out["iterations"],
-        seconds=round(time.perf_counter() - t0, 1),
-    )
+    summary = dict(best_detF=out["best_val_detF"], iterations=out["iterations"])
+    return _row(name, variant, exact, summary, time.perf_counter() - t0)
 
 
 def fit_rows(name, args, tmp, log):

@@ -56,21 +56,17 @@ TRANSFORMS = {
 AUTO_SPREAD = 0.5
 
 
-def choose_transform(stats: InputStats) -> tuple[str, str]:
-    """``(transform, reason)`` for ``auto``: ``log`` when every input is > 0 and
+def choose_transform(stats: InputStats) -> str:
+    """The transform ``auto`` stands for: ``log`` when every input is > 0 and
     ln x spreads by at least :data:`AUTO_SPREAD`; else ``log1p`` when every input is
     > −1 (zeros occur) and log1p x spreads that much; else ``none``. Needs the
     ``none``, ``log`` and ``log1p`` statistics (an archive manifest's
     ``input_statistics`` holds them all)."""
     for t in ("log", "log1p"):
         if t in stats.moments and stats.valid(t) and stats.count >= 2:
-            spread = float(np.median(np.sqrt(stats.var(t))))
-            if spread >= AUTO_SPREAD:
-                return (
-                    t,
-                    f"inputs > {0 if t == 'log' else -1} whose {t} spreads by {spread:.2g} ≥ {AUTO_SPREAD}",
-                )
-    return "none", "no log transform applies (inputs ≤ 0, or narrow spread)"
+            if float(np.median(np.sqrt(stats.var(t)))) >= AUTO_SPREAD:
+                return t
+    return "none"
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,7 @@ def from_statistics(stats: InputStats, transform="none") -> Normalisation:
     ``input_statistics``, :meth:`writers.input_stats.InputStats.from_json`):
     std with ddof 1, and 1 for constant elements. ``auto``: :func:`choose_transform`."""
     if transform == "auto":
-        transform = choose_transform(stats)[0]
+        transform = choose_transform(stats)
     if not stats.valid(transform):
         raise ValueError(
             f"input transform {transform!r} is not defined on every input "

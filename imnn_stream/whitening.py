@@ -14,8 +14,9 @@ information and starts the fit at Λ2 ≈ 0: the same runs reached 25 % (the fie
 100 iterations, from 0.8 %) and 80 % (the toy, from 22 %).
 
 Why it is not the default. Given the whole budget, the unwhitened fit ends higher
-on the toy (93 % vs 80 % of det F with 1000 iterations, n_s = 1000) and the same
-on the 16×16 field (10 %, in 1000 iterations instead of 330): starting at unit
+on the toy (93 % vs 80 % of det F with 1000 iterations, n_s = 1000); on the 16×16
+field the ``field`` network gets there either way (93.5 %, or 101 % whitened, in 507
+iterations instead of 1000; benchmarks/information.py): starting at unit
 output scale the network overfits the training set sooner (training det F 340
 against 58, validation stalled near 40 from iteration ~200), while the slow growth
 of the output scale under the regulariser acts as a regulariser of its own. Use it

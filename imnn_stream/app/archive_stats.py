@@ -41,11 +41,11 @@ def fiducial_sample(archive, n: int, manifest=None):
     for a fresh network's calibration (``Trainer.calibrate``)."""
     import numpy as np
 
-    parts, got = [], 0
-    for b in fiducial_batches(archive, min(n, 1024), limit=n, manifest=manifest):
-        parts.append(np.array(b))  # a copy: the reader reuses its batch buffers
-        got += len(b)
-    return np.concatenate(parts)[:n]
+    parts = [
+        np.array(b)  # a copy: the reader reuses its batch buffers
+        for b in fiducial_batches(archive, min(n, 1024), limit=n, manifest=manifest)
+    ]
+    return np.concatenate(parts)
 
 
 def fiducial_batches(archive, batch=1024, limit=None, manifest=None):

@@ -12,21 +12,14 @@ from beam_jobs.simulators import LOGNORMAL_THETA_FID, gaussian_random_field, log
 from imnn_stream import models, normalise
 from writers.input_stats import InputStats
 
+from ..toy_problem import toy_data
+
 GRF_Θ, GRF_Δ = np.array([1.0, 2.0], np.float32), np.array([0.1, 0.1], np.float32)
 
 
-def _grf(size, n, seed, θ=GRF_Θ, δθ=GRF_Δ):
+def _grf(size, n, seed):
     """Seed-matched (fiducial float(n, size, size), derivative float(n, 2, 2, size, size))."""
-    sim = gaussian_random_field(size)
-    keys = jax.random.split(jax.random.PRNGKey(seed), n)
-    steps = jnp.diag(jnp.asarray(δθ)) / 2
-    fid = jax.vmap(lambda k: sim(k, jnp.asarray(θ)))(keys)
-    der = jax.vmap(
-        lambda k: jnp.stack(
-            [jax.vmap(lambda s: sim(k, θ - s))(steps), jax.vmap(lambda s: sim(k, θ + s))(steps)]
-        )
-    )(keys)
-    return np.asarray(fid), np.asarray(der)
+    return toy_data(seed, n, n, gaussian_random_field(size), GRF_Θ, GRF_Δ)[:2]
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (12, 10, 2)])
@@ -91,13 +84,13 @@ def _stats(x):
 def test_auto_transform_takes_log_only_for_positive_data_spanning_decades():
     keys = jax.random.split(jax.random.PRNGKey(0), 500)
     heavy = np.asarray(jax.vmap(lambda k: lognormal(k, jnp.asarray(LOGNORMAL_THETA_FID)))(keys))
-    assert normalise.choose_transform(_stats(heavy))[0] == "log"
+    assert normalise.choose_transform(_stats(heavy)) == "log"
     rng = np.random.default_rng(0)
-    assert normalise.choose_transform(_stats(rng.normal(0, 1, (500, 10))))[0] == "none"
+    assert normalise.choose_transform(_stats(rng.normal(0, 1, (500, 10)))) == "none"
     narrow = rng.normal(10, 1, (500, 10))  # positive, but a tenth of a decade
-    assert normalise.choose_transform(_stats(narrow))[0] == "none"
+    assert normalise.choose_transform(_stats(narrow)) == "none"
     counts = np.where(rng.random((500, 10)) < 0.2, 0.0, heavy[:, :10])  # zeros: no log
-    assert normalise.choose_transform(_stats(counts))[0] == "log1p"
+    assert normalise.choose_transform(_stats(counts)) == "log1p"
     # auto from arrays resolves to the chosen transform, saved as such
     assert normalise.from_arrays(heavy, "auto").transform == "log"
     assert normalise.from_arrays(rng.normal(0, 1, (50, 3)), "auto").transform == "none"
@@ -148,20 +141,8 @@ def test_fit_archive_calibrates_the_field_network_and_the_run_carries_it(tmp_pat
     fitted = FittedIMNN(out)
     np.testing.assert_array_equal(fitted.get_estimate(vfid[:5]), imnn.get_estimate(vfid[:5]))
 
-    keys = jax.random.split(jax.random.PRNGKey(3), 2 * 64)
-    θ = jnp.asarray(LOGNORMAL_THETA_FID)
-    x = np.asarray(jax.vmap(lambda k: lognormal(k, θ))(keys))
-    steps = np.diag([0.1, 0.1]) / 2
-    d = np.asarray(
-        jax.vmap(
-            lambda k: jnp.stack(
-                [
-                    jax.vmap(lambda s: lognormal(k, θ + sign * s))(jnp.asarray(steps))
-                    for sign in (-1, 1)
-                ]
-            )
-        )(keys)
-    )
+    θ = np.asarray(LOGNORMAL_THETA_FID, np.float32)
+    x, d, _ = toy_data(3, 128, 128, lognormal, θ, GRF_Δ)
     archive = str(tmp_path / "lognormal")
     write_arrays(
         archive, "numerical", θ, (0.1, 0.1), fiducial=x[:64], derivative=d[:64],
