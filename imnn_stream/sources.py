@@ -20,6 +20,7 @@ import numpy as np
 
 from writers.errors import LayoutError
 from writers.layout import device_blocks as _device_blocks
+from writers.stream_prefetch import batch_records
 
 from .modes import record_positions
 
@@ -47,14 +48,31 @@ def device_blocks(count: int, n_devices: int, argument: str):
         raise ValueError(f"`{argument}`: {why}") from None
 
 
+#: bytes of the batches a source hands the engine when its samples are small: whole
+#: multiples of n_per_device up to this size (the engine splits them again into
+#: n_per_device where the network must see that many at a time). Every batch costs the
+#: reader, the order check and the engine a fixed ~100 µs of interpreter time: the toy
+#: problem's 150 batches of 100 records an iteration were bound by it (issue 10).
+BATCH_BYTES = 1 << 20
+
+
 class ArraySource:
-    """Slices of arrays held in host memory: positions [start, stop), n at a time.
+    """Slices of arrays held in host memory: positions [start, stop), ``batch`` at a
+    time (a whole multiple of ``n_per_device``, the ``unit``, within ``batch_bytes``:
+    :func:`writers.stream_prefetch.batch_records`).
 
     arrays: dict field -> array(count, ...)
     """
 
-    def __init__(self, arrays: dict, start: int, stop: int, n_per_device: int):
-        self.arrays, self.start, self.stop, self.n = arrays, start, stop, n_per_device
+    #: the arrays are not written during a fit: a batch is handed on without a copy
+    fresh_batches = True
+
+    def __init__(
+        self, arrays: dict, start: int, stop: int, n_per_device: int, batch_bytes=BATCH_BYTES
+    ):
+        self.arrays, self.start, self.stop, self.unit = arrays, start, stop, n_per_device
+        row = _row_bytes(arrays)
+        self.n = batch_records(n_per_device, stop - start, row, batch_bytes if row else None)
 
     def epoch(self):
         for b in range(self.start, self.stop, self.n):
@@ -88,9 +106,11 @@ class StreamSource:
         n_params: int,
         cache: bool = False,
         close=None,
+        unit=None,
     ):
         self.it, self.kind, self.fields, self.n_batches = iterator, kind, tuple(fields), n_batches
         self.n_d, self.n_params = n_d, n_params
+        self.unit = unit  # samples per network call where groups are scanned: n_per_device
         self.wait_seconds = 0.0  # time spent blocked on the reader: input not hidden by compute
         self.cache, self._close = cache, close
         self.cached = None  # list of (positions, batch) once an epoch is kept
@@ -115,6 +135,15 @@ class StreamSource:
             self.cached = keep
             if self._close is not None:
                 self._close()
+
+
+def _row_bytes(arrays: dict) -> int:
+    """Bytes of one sample of ``arrays``; 0 where that is not plain bytes (typed PRNG
+    key arrays)."""
+    try:
+        return sum(int(a.nbytes) // max(len(a), 1) for a in arrays.values())
+    except (AttributeError, TypeError):
+        return 0
 
 
 def positions_digest(positions) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 
 from .modes import simulator_keys
-from .sources import ArraySource, device_blocks
+from .sources import BATCH_BYTES, ArraySource, device_blocks
 from .stats import loss_and_stats
 from .twopass import TwoPass
 
@@ -100,16 +100,17 @@ class TwoPassStrategy:
         return self.engine.summaries(w, self._sources(key, data, tag), tag)
 
 
-def array_sources(batches: dict, mode, n_devices: int, n_per_device: int):
+def array_sources(batches: dict, mode, n_devices: int, n_per_device: int, batch_bytes=BATCH_BYTES):
     """Host-memory arrays (dict kind -> batch dict) -> per-device ArraySources.
 
-    Device d gets the contiguous block d of every kind, n_per_device at a time.
+    Device d gets the contiguous block d of every kind, in batches of whole multiples
+    of n_per_device within ``batch_bytes`` (``sources.ArraySource``).
     """
     out = {}
     for kind in mode.kinds:
         count = mode.counts[kind]
         blocks = device_blocks(count, n_devices, kind)
-        out[kind] = [ArraySource(batches[kind], a, b, n_per_device) for a, b in blocks]
+        out[kind] = [ArraySource(batches[kind], a, b, n_per_device, batch_bytes) for a, b in blocks]
     return out
 
 
@@ -120,6 +121,8 @@ def simulator_sources(mode, n_devices: int, n_per_device: int):
 
     def make(key):
         keys = jax.device_get(simulator_keys(key, n_s, n_d))
-        return array_sources(keys, mode, n_devices, n_per_device)
+        # one n_per_device of keys a batch: a key's batch is simulations to run, not bytes
+        # to read, and the network sees no more than n_per_device of them at a time
+        return array_sources(keys, mode, n_devices, n_per_device, batch_bytes=None)
 
     return make

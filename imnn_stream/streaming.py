@@ -24,7 +24,7 @@ import numpy as np
 
 from .classes import _aggregation, _δθ
 from .modes import gradient_mode, numerical_mode
-from .sources import IteratorSource, StreamSource, device_blocks
+from .sources import BATCH_BYTES, IteratorSource, StreamSource, device_blocks
 from .strategies import TwoPassStrategy
 from .trainer import Trainer
 
@@ -85,19 +85,22 @@ def _archive_sources(
     budget: a one-item list, the cache bytes left; each whole device stream whose
     decoded epoch fits what is left is cached (in kind order, device order) and
     its bytes taken from it: streams that do not fit are streamed every epoch."""
-    from writers.streams import device_streams, epoch_records
-    from writers.manifest import read_manifest
+    from writers.streams import device_streams
 
-    manifest = read_manifest(path)
     streams = device_streams(
-        path, split, n_devices, n_per_device, prefetch=prefetch, devices=device_ids
+        path,
+        split,
+        n_devices,
+        n_per_device,
+        prefetch=prefetch,
+        devices=device_ids,
+        batch_bytes=BATCH_BYTES,
     )
     sources = {}
     for kind in mode.kinds:
         if kind not in streams:
             sources[kind] = []  # `remaining` when n_s = n_d
             continue
-        n_batches = -(-epoch_records(manifest, split, kind, n_devices) // n_per_device)
         sources[kind] = []
         for it in streams[kind]:
             cache = it.epoch_bytes <= budget[0]
@@ -105,7 +108,15 @@ def _archive_sources(
                 budget[0] -= it.epoch_bytes
             sources[kind].append(
                 StreamSource(
-                    it, kind, mode.fields[kind], n_batches, n_d, n_params, cache, close=it.close
+                    it,
+                    kind,
+                    mode.fields[kind],
+                    it.batches_per_epoch,
+                    n_d,
+                    n_params,
+                    cache,
+                    close=it.close,
+                    unit=n_per_device,
                 )
             )
     return sources, streams

@@ -18,6 +18,7 @@ which bounds memory whatever the data size.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from itertools import zip_longest
 
@@ -72,6 +73,38 @@ class TwoPass:
         self._host_loss = jax.jit(host_loss)
         self._host_stats = jax.jit(lambda raw, λ, α: loss_and_stats(*mode.assemble(raw), λ, α)[1])
         self._assemble = jax.jit(mode.assemble)
+        # one compiled call per device, not one eager op per leaf (profiled: eager
+        # zeros_like of the accumulators was ~15 % of the Python time of a toy iteration)
+        self._zeros = jax.jit(lambda w: jax.tree_util.tree_map(jnp.zeros_like, w))
+        self._w_placed = (None, None)
+
+    def _place_weights(self, w):
+        """w on every device, placed once for the passes of one iteration that share it
+        (pass 1, pass 2 and the validation pass)."""
+        leaves = jax.tree_util.tree_leaves(w)
+        last, placed = self._w_placed
+        # the same immutable jax arrays (numpy ones could have been written since)
+        same = last is not None and len(last) == len(leaves)
+        if not (same and all(a is b and isinstance(a, jax.Array) for a, b in zip(leaves, last))):
+            placed = [jax.device_put(w, dev) for dev in self.devices]
+            self._w_placed = (leaves, placed)
+        return placed
+        # one compiled call per device, not one eager op per leaf (profiled: eager
+        # zeros_like of the accumulator was 16 % of a small problem's iteration)
+        self._zeros = jax.jit(lambda w: jax.tree_util.tree_map(jnp.zeros_like, w))
+        self._w_placed = (None, None)
+
+    def _place_weights(self, w):
+        """w on every device, placed once for the passes that share it (pass 1, pass 2
+        and validation of one iteration use the same weights)."""
+        leaves = jax.tree_util.tree_leaves(w)
+        last, placed = self._w_placed
+        # the same immutable jax arrays (numpy ones could have been written since)
+        same = last is not None and len(last) == len(leaves)
+        if not (same and all(a is b and isinstance(a, jax.Array) for a, b in zip(leaves, last))):
+            placed = [jax.device_put(w, dev) for dev in self.devices]
+            self._w_placed = (leaves, placed)
+        return placed
 
     @staticmethod
     def _forward(fn, fuse):
@@ -146,6 +179,10 @@ class TwoPass:
         # rather than a second buffer of its size (issue 10: part of the growth of a
         # 5 GB archive's fit, 915 → 646 MiB with the allocator bound).
         fresh = bool(sources) and all(getattr(s, "fresh_batches", False) for s in sources)
+        # sources hand out whole multiples of n_per_device at once (``sources.BATCH_BYTES``);
+        # a scanned group goes through the network n_per_device (the ``unit``) at a time
+        units = {getattr(s, "unit", None) for s in sources}
+        unit = units.pop() if len(units) == 1 and not self.fuse else None
 
         def flush(d):
             items = pending.pop(d)
@@ -159,21 +196,22 @@ class TwoPass:
             return d, positions, stacked
 
         for d, b, positions, batch in self._batches(tag, kind, sources):
-            items = pending.get(d)
-            if items and len(positions) != len(items[0][0]):
-                yield flush(d)
-            pending.setdefault(d, []).append((positions, batch))
-            if group is None:
-                nbytes = sum(np.asarray(a).nbytes for a in batch.values())
-                group = int(max(1, min(self.max_group, self.group_bytes // max(nbytes, 1))))
-            if len(pending[d]) >= group:
-                yield flush(d)
+            for positions, batch in _split(positions, batch, unit):
+                items = pending.get(d)
+                if items and len(positions) != len(items[0][0]):
+                    yield flush(d)
+                pending.setdefault(d, []).append((positions, batch))
+                if group is None:
+                    nbytes = sum(np.asarray(a).nbytes for a in batch.values())
+                    group = int(max(1, min(self.max_group, self.group_bytes // max(nbytes, 1))))
+                if len(pending[d]) >= group:
+                    yield flush(d)
         for d in sorted(pending):
             yield flush(d)
 
     def pass1(self, w, sources, tag="train"):
         """Raw outputs of every position: dict kind -> pytree of float(count, ...)."""
-        w_dev = [jax.device_put(w, dev) for dev in self.devices]
+        w_dev = self._place_weights(w)
         pending = {k: [] for k in self.mode.kinds}
         window = [deque() for _ in self.devices]
         for kind in self.mode.kinds:
@@ -218,10 +256,8 @@ class TwoPass:
         st, cot = self._host_loss(jax.device_put(raw, self.host), λ, α)
         del raw  # pass 2 needs only the cotangents (one host copy of them)
         cot = jax.device_get(cot)
-        w_dev = [jax.device_put(w, dev) for dev in self.devices]
-        acc = [
-            jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, w), dev) for dev in self.devices
-        ]
+        w_dev = self._place_weights(w)
+        acc = [self._zeros(wd) for wd in w_dev]
         dispatched = [0] * len(self.devices)
         for kind in self.mode.kinds:
             for d, positions, batch in self._groups("train", kind, sources[kind]):
@@ -236,8 +272,9 @@ class TwoPass:
                     # each step consumes the previous sum, so waiting for the newest one
                     # bounds the queued batches to in_flight per device
                     jax.block_until_ready(acc[d])
-        grads = [jax.device_put(a, self.host) for a in acc]
-        g = jax.tree_util.tree_map(lambda *xs: sum(xs[1:], xs[0]), *grads)
+        # one transfer for every device's sum, added in device order on the host (numpy:
+        # eager jax adds cost a dispatch per leaf)
+        g = jax.tree_util.tree_map(lambda *xs: functools.reduce(np.add, xs), *jax.device_get(acc))
         return self._reduce(g), st
 
     # -- across processes (imnn_stream.distributed overrides these two) ---------------
@@ -248,8 +285,9 @@ class TwoPass:
         return positions, outs
 
     def _reduce(self, g):
-        """This process's gradient sum -> the sum over every process (one: unchanged)."""
-        return g
+        """This process's gradient sum (host arrays) -> the sum over every process, on
+        the host device (one process: the same sum)."""
+        return jax.device_put(g, self.host)
 
     def stats(self, w, sources, λ, α, tag="validation"):
         """Statistics (no gradient): one pass."""
@@ -270,6 +308,16 @@ class TwoPass:
 def _merge(tree):
     """(k, n, ...) leaves -> (k·n, ...)."""
     return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), tree)
+
+
+def _split(positions, batch, unit):
+    """A source batch -> pieces of at most ``unit`` samples (None: the batch whole)."""
+    n = len(positions)
+    if not unit or n <= unit:
+        yield positions, batch
+        return
+    for a in range(0, n, unit):
+        yield positions[a : a + unit], {f: v[a : a + unit] for f, v in batch.items()}
 
 
 def _n(tree):

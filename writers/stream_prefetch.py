@@ -39,6 +39,20 @@ POOL_SLACK = int(os.environ.get("IMNN_STREAM_POOL_SLACK", "2"))
 PREFETCH_BYTES = 4 << 20
 
 
+def batch_records(n_per_device: int, epoch: int, row_bytes: int, batch_bytes=None) -> int:
+    """Records in a stream's batches: ``n_per_device``, or with ``batch_bytes`` the
+    largest whole multiple of it whose decoded rows fit in that many bytes (at least
+    one ``n_per_device``; at most the epoch, rounded up to whole ``n_per_device``).
+
+    Why batches of several ``n_per_device``: every batch costs the reader, the queue
+    and the consumer a fixed ~100 µs of interpreter time, so batches of 100 records of
+    ~80 bytes (the toy problem: 150 batches an iteration) were bound by it."""
+    if not batch_bytes:
+        return n_per_device
+    k = max(1, int(batch_bytes) // max(n_per_device * row_bytes, 1))
+    return n_per_device * int(min(k, max(1, -(-epoch // n_per_device))))
+
+
 def default_prefetch(n_per_device: int, epoch: int, row_bytes: int) -> int:
     """Batches a stream reads ahead by default (see :data:`PREFETCH_BYTES`)."""
     batches = -(-epoch // max(n_per_device, 1))
@@ -60,6 +74,7 @@ class DeviceStream:
         epoch: int,
         dtype: np.dtype,
         prefetch: int | None = None,
+        batch_bytes: int | None = None,
     ):
         if n_per_device < 1:
             raise ValueError(f"n_per_device must be >= 1, got {n_per_device}")
@@ -67,8 +82,11 @@ class DeviceStream:
         row = _row_bytes(sources, np.dtype(dtype))
         #: decoded bytes of one epoch (what keeping it in memory costs)
         self.epoch_bytes = epoch * row
+        #: records per batch (:func:`batch_records`) and batches per epoch
+        self.batch_records = batch_records(n_per_device, epoch, row, batch_bytes)
+        self.batches_per_epoch = -(-epoch // self.batch_records)
         if prefetch is None:
-            prefetch = default_prefetch(n_per_device, epoch, row)
+            prefetch = default_prefetch(self.batch_records, epoch, row)
         #: batches read ahead: the queue's bound
         self.prefetch = max(1, int(prefetch))
         self._queue = queue.Queue(maxsize=self.prefetch)
@@ -80,7 +98,7 @@ class DeviceStream:
             # (and freed as usual) when a consumer keeps batches longer
             args=(
                 sources,
-                n_per_device,
+                self.batch_records,
                 epoch,
                 dtype,
                 self._queue,

@@ -2,7 +2,8 @@
 
 For a split and a device count, :func:`device_streams` returns, for each
 kind, one infinite (repeated, unshuffled) iterator per device, each yielding
-batches of up to ``n_per_device`` records as dicts of numpy arrays::
+batches of up to ``n_per_device`` records (with ``batch_bytes``, whole multiples
+of it) as dicts of numpy arrays::
 
     seed        int64(n)
     data        dtype(n, *input_shape)
@@ -66,8 +67,14 @@ def device_streams(
     manifest: Optional[Manifest] = None,
     check_crc: bool = True,
     devices: Optional[list[int]] = None,
+    batch_bytes: Optional[int] = None,
 ) -> dict[str, list[DeviceStream]]:
     """Per-kind lists of per-device batch iterators (see module docstring).
+
+    ``batch_bytes``: batches hold the largest whole multiple of ``n_per_device``
+    records that fits in this many decoded bytes (at least ``n_per_device``, never
+    past an epoch's end; ``DeviceStream.batch_records``), for consumers that split
+    them (small records: fewer, larger batches cost less per record).
 
     ``devices``: build the streams of these devices (indices of ``n_devices``) only,
     in that order (default all): a process of a multi-process fit reads its own
@@ -106,7 +113,7 @@ def device_streams(
                     )
                 ]
                 epoch = epoch_records(m, split, kind, n_devices)
-            streams.append(DeviceStream(sources, n_per_device, epoch, dtype, prefetch))
+            streams.append(DeviceStream(sources, n_per_device, epoch, dtype, prefetch, batch_bytes))
         out[kind] = streams
     return out
 

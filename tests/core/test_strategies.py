@@ -145,3 +145,33 @@ def test_aggregated_over_four_devices_matches_one(data, cpu_devices):
         n_per_device=6,
     )
     assert rel_diff(four.loss_gradient(10.0, 0.1)[0], one.loss_gradient(10.0, 0.1)[0]) < 1e-5
+
+
+def test_scanned_groups_see_n_per_device_samples(data, cpu_devices):
+    """Sources hand out whole multiples of n_per_device (``sources.BATCH_BYTES``); where
+    groups are scanned (accelerators) the engine splits them again, so the network sees
+    n_per_device samples at a time, and the gradient is the fused (CPU) one's."""
+    from imnn_stream.modes import numerical_mode, split_numerical
+    from imnn_stream.strategies import array_sources
+    from imnn_stream.twopass import TwoPass
+
+    fid, num, _ = data
+    init, apply = im.models.mlp((32, 32), 2)
+    seen = []
+
+    def spy(w, x):  # records the batch size the network is traced with
+        seen.append(x.shape[0])
+        return apply(w, x)
+
+    mode = numerical_mode(spy, N_S, N_D, 2, DELTA_THETA)
+    sources = array_sources(split_numerical(fid, num), mode, 2, 8)
+    assert all(s.n > s.unit == 8 for per in sources.values() for s in per)
+    w = init(jax.random.PRNGKey(0), (10,))[1]
+    out = {}
+    for fuse in (True, False):
+        engine = TwoPass(mode, cpu_devices[0], cpu_devices[:2], fuse=fuse)
+        seen.clear()
+        out[fuse] = engine.value_and_grad(w, sources, 10.0, 0.1)
+        assert set(seen) == ({8} if not fuse else {N_S // 2, N_D * 2 * 2 // 2})
+    assert rel_diff(out[False][0], out[True][0]) < 1e-5
+    assert float(out[False][1]["detF"]) == pytest.approx(float(out[True][1]["detF"]), rel=1e-4)

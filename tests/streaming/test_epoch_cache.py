@@ -89,7 +89,10 @@ def test_only_streams_that_fit_the_budget_are_cached(archives, cpu_devices):
         ref.close()
 
 
-def test_order_check_fires_on_a_cached_epoch(archives, cpu_devices):
+def test_order_check_fires_on_a_cached_epoch(archives, cpu_devices, monkeypatch):
+    # batches of n_per_device records (not the default whole multiples of it within
+    # sources.BATCH_BYTES, one per epoch here), so that there are batches to reorder
+    monkeypatch.setattr("imnn_stream.streaming.BATCH_BYTES", None)
     s = trainer(archives, "numerical", cpu_devices[:2], True)
     try:
         s.loss_gradient(10.0, 0.1)

@@ -152,6 +152,9 @@ def test_stream_source_caches_only_what_it_is_told(archive, monkeypatch, cpu_dev
     """With the cache on, live batches are the cached epoch's; with it off they
     stay at the streaming bound (the cache is where memory may grow, by choice)."""
     count = LiveBatches(monkeypatch)
+    # batches of n_per_device records, as counted below (by default a stream's batches
+    # are whole multiples of it within sources.BATCH_BYTES: one an epoch here)
+    monkeypatch.setattr("imnn_stream.streaming.BATCH_BYTES", None)
     devices = cpu_devices[:2]
     imnn = im.DatasetNumericalGradientIMNN.from_archive(
         archive,

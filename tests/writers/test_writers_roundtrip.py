@@ -95,6 +95,37 @@ def test_streams_repeat_and_short_last_batch(tmp_path):
         close_all(streams)
 
 
+def test_batch_bytes_gives_whole_multiples_of_n_per_device(tmp_path):
+    """batch_bytes: batches of whole multiples of n_per_device within that many decoded
+    bytes, epoch-aligned, the same records in the same order as batches of n_per_device."""
+    from writers.stream_prefetch import batch_records
+
+    assert batch_records(3, 8, 100) == 3  # no batch_bytes: n_per_device
+    assert batch_records(3, 8, 100, 700) == 6  # 2 × 3 rows of 100 bytes fit in 700
+    assert batch_records(3, 8, 100, 1 << 20) == 9  # never past the epoch (8 -> 3 × 3)
+    assert batch_records(3, 8, 1000, 700) == 3  # at least n_per_device
+    fid, _, _ = make_arrays()
+    root = str(tmp_path / "f")
+    write_arrays(root, "fiducial", [1.0, 2.0], fiducial=fid, records_per_shard=5)
+    small = device_streams(root, "train", 2, n_per_device=3)
+    row = small["fiducial"][1].epoch_bytes // 8
+    big = device_streams(root, "train", 2, n_per_device=3, batch_bytes=2 * 3 * row)
+    try:
+        dev = big["fiducial"][1]
+        assert (dev.batch_records, dev.batches_per_epoch) == (6, 2)
+        sizes = [len(next(dev)["seed"]) for _ in range(4)]
+        assert sizes == [6, 2, 6, 2]  # epoch of 8 records, repeated
+        a = [next(small["fiducial"][1]) for _ in range(6)]
+        b = [next(dev) for _ in range(4)]
+        for k in a[0]:
+            np.testing.assert_array_equal(
+                np.concatenate([x[k] for x in a]), np.concatenate([x[k] for x in b])
+            )
+    finally:
+        close_all(small)
+        close_all(big)
+
+
 def test_device_count_must_divide(numerical_archive):
     root, _ = numerical_archive
     with pytest.raises(LayoutError, match="3 devices"):
