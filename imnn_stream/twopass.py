@@ -89,22 +89,6 @@ class TwoPass:
             placed = [jax.device_put(w, dev) for dev in self.devices]
             self._w_placed = (leaves, placed)
         return placed
-        # one compiled call per device, not one eager op per leaf (profiled: eager
-        # zeros_like of the accumulator was 16 % of a small problem's iteration)
-        self._zeros = jax.jit(lambda w: jax.tree_util.tree_map(jnp.zeros_like, w))
-        self._w_placed = (None, None)
-
-    def _place_weights(self, w):
-        """w on every device, placed once for the passes that share it (pass 1, pass 2
-        and validation of one iteration use the same weights)."""
-        leaves = jax.tree_util.tree_leaves(w)
-        last, placed = self._w_placed
-        # the same immutable jax arrays (numpy ones could have been written since)
-        same = last is not None and len(last) == len(leaves)
-        if not (same and all(a is b and isinstance(a, jax.Array) for a, b in zip(leaves, last))):
-            placed = [jax.device_put(w, dev) for dev in self.devices]
-            self._w_placed = (leaves, placed)
-        return placed
 
     @staticmethod
     def _forward(fn, fuse):
