@@ -7,10 +7,11 @@ streams the same batches again; each batch's contribution to d loss / d w is
 one ``jax.vjp`` with the cotangent rows of *its own positions*, summed on its
 device; the devices' sums are added on the host.
 
-The network sees ``n_per_device`` samples at a time (the batches of the
-sources), but up to ``group`` consecutive batches of a device travel and are
-dispatched together and scanned over inside one compiled call: per-call
-dispatch and transfer costs dominate small batches otherwise. Groups are
+The network sees ``n_per_device`` samples at a time (a source's ``unit``; sources
+hand out whole multiples of it, ``sources.BATCH_BYTES``, split again here), but up
+to ``group`` consecutive batches of a device travel and are dispatched together and
+scanned over inside one compiled call: per-call dispatch and transfer costs dominate
+small batches otherwise (on CPU a group goes through as one batch, see ``fuse``). Groups are
 dispatched round-robin over devices (JAX dispatch is asynchronous, so devices
 compute in parallel) with at most ``in_flight`` unfinished groups per device,
 which bounds memory whatever the data size.
