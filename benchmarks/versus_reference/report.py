@@ -141,7 +141,9 @@ def markdown(res):
         f"Measured {res['date']} on {res['machine']}; 2 XLA CPU devices; medians of "
         f"{res['repeats']} alternating rounds (reference, ours, reference, ours, …), each side in "
         f"its own process. Timed fits of {res['iterations']} iterations (two-pass classes), "
-        f"{res['memory_iterations']} (in-memory classes) and {res['large_iterations']} (large network), "
+        f"{res['memory_iterations']} (in-memory classes; "
+        f"{res.get('field_memory_iterations', res['memory_iterations'])} on the field) and "
+        f"{res['large_iterations']} (large network), "
         f"after two 1-iteration fits; λ = 10, ϵ = 0.1, adam(1e-3), identical initial "
         f"weights and data on both sides. "
         + (

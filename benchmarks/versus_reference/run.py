@@ -213,6 +213,13 @@ def parse_args(argv=None):
         default=100,
         help="timed iterations of the in-memory classes",
     )
+    p.add_argument(
+        "--field-memory-iterations",
+        type=int,
+        default=20,
+        help="timed iterations of the in-memory classes on the field (the reference takes "
+        "seconds an iteration there, far above its recompilation noise)",
+    )
     p.add_argument("--large-iterations", type=int, default=3)
     p.add_argument("--large-repeats", type=int, default=None, help="default: --repeats")
     p.add_argument("--configs", default="toy,field,large")
@@ -232,6 +239,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.iterations, args.large_iterations, args.memory_iterations = 1, 3, 2, 20
+        args.field_memory_iterations = 5
     return args
 
 
@@ -245,6 +253,8 @@ def measure(args, pythons, config, cls):
         if config == "large"
         else args.iterations
         if cls in TWO_PASS
+        else args.field_memory_iterations
+        if config == "field"
         else args.memory_iterations
     )
     task = dict(
@@ -298,6 +308,7 @@ def main(argv=None):
         iterations=args.iterations,
         large_iterations=args.large_iterations,
         memory_iterations=args.memory_iterations,
+        field_memory_iterations=args.field_memory_iterations,
         n_parameters=prep.get("n_parameters"),
         wall_s=round(time.time() - t_start, 1),
         rows=rows,
