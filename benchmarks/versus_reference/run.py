@@ -3,7 +3,14 @@
 From the repository root:
 
     .venv/bin/python -m benchmarks.versus_reference [--quick] [--repeats 3] [--iterations 10]
-                     [--configs toy,field,large] [--classes all] [--no-agreement] [--fresh]
+                     [--memory-iterations 100] [--field-memory-iterations 20]
+                     [--large-iterations 3] [--configs toy,field,large] [--classes all]
+                     [--no-agreement] [--fresh] [--cached-only]
+
+Every measurement is cached (``~/.cache/imnn_stream/versus_reference/runs``, keyed by
+side, task and round), so a run can be split: e.g. ``--configs toy,field`` in one
+session, ``--configs large`` in the next, then the whole table with the same options
+and ``--cached-only``. Move the folder aside (or ``--fresh``) after changing the code.
 
 The reference needs an old stack (Python 3.9, jax 0.4.13, TensorFlow 2.13): it is
 installed once into its own virtualenv, ``~/.cache/imnn_stream/refvenv`` (override with
