@@ -91,6 +91,11 @@ class StreamSource:
     then closed (``close``, e.g. the device stream's). The cached epoch yields the
     positions its records carried, so the two-pass order check compares them with
     the first pass exactly as for a read epoch.
+
+    place: where a cached batch is kept, ``batch dict -> batch dict`` (e.g. a
+    ``jax.device_put`` to a CPU device, whose memory is host memory): the cache then
+    holds the placed copy in place of the decoded one, and later epochs hand the
+    engine arrays already on its device (no transfer, no copy an epoch).
     """
 
     #: every batch is a new array that the reader never writes again (no copy needed)
@@ -107,12 +112,13 @@ class StreamSource:
         cache: bool = False,
         close=None,
         unit=None,
+        place=None,
     ):
         self.it, self.kind, self.fields, self.n_batches = iterator, kind, tuple(fields), n_batches
         self.n_d, self.n_params = n_d, n_params
         self.unit = unit  # samples per network call where groups are scanned: n_per_device
         self.wait_seconds = 0.0  # time spent blocked on the reader: input not hidden by compute
-        self.cache, self._close = cache, close
+        self.cache, self._close, self._place = cache, close, place
         self.cached = None  # list of (positions, batch) once an epoch is kept
 
     def epoch(self):
@@ -129,6 +135,8 @@ class StreamSource:
             batch = {f: item[f] for f in self.fields}
             check = positions_digest(positions)
             if keep is not None:
+                if self._place is not None:
+                    batch = self._place(batch)
                 keep.append((positions, batch, check))
             yield positions, batch, check
         if keep is not None:  # a whole epoch was read: serve the next ones from memory

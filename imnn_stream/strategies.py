@@ -95,6 +95,13 @@ class TwoPassStrategy:
 
     host_value_and_grad = value_and_grad
 
+    def iteration(self, w, kt, kv, λ, α, validate):
+        """(grad, training stats, validation stats or None) of one fitting iteration:
+        the validation pass runs between the training passes (``TwoPass.iteration``)."""
+        train = self._sources(kt, self.train, "train")
+        val = self._sources(kv, self.validation, "validation") if validate else None
+        return self.engine.iteration(w, train, val, λ, α)
+
     def host_summaries(self, w, key, data):
         tag = self._tag(data)
         return self.engine.summaries(w, self._sources(key, data, tag), tag)

@@ -20,6 +20,8 @@ records at a time of:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .classes import _aggregation, _δθ
@@ -77,14 +79,27 @@ def cache_budget(cache) -> float:
 
 
 def _archive_sources(
-    path, split, mode, n_devices, n_per_device, prefetch, n_d, n_params, budget, device_ids=None
+    path,
+    split,
+    mode,
+    n_devices,
+    n_per_device,
+    prefetch,
+    n_d,
+    n_params,
+    budget,
+    device_ids=None,
+    places=None,
 ):
     """Per-kind per-device StreamSources of one split, and the device streams
     (of ``device_ids`` of the ``n_devices`` only, when given: one process's share).
 
     budget: a one-item list, the cache bytes left; each whole device stream whose
     decoded epoch fits what is left is cached (in kind order, device order) and
-    its bytes taken from it: streams that do not fit are streamed every epoch."""
+    its bytes taken from it: streams that do not fit are streamed every epoch.
+
+    places: per local device, where its cached batches are kept (``StreamSource``'s
+    ``place``), or None (decoded host arrays)."""
     from writers.streams import device_streams
 
     streams = device_streams(
@@ -102,7 +117,7 @@ def _archive_sources(
             sources[kind] = []  # `remaining` when n_s = n_d
             continue
         sources[kind] = []
-        for it in streams[kind]:
+        for d, it in enumerate(streams[kind]):
             cache = it.epoch_bytes <= budget[0]
             if cache:
                 budget[0] -= it.epoch_bytes
@@ -117,9 +132,22 @@ def _archive_sources(
                     cache,
                     close=it.close,
                     unit=n_per_device,
+                    place=None if places is None else places[d],
                 )
             )
     return sources, streams
+
+
+def _cache_places(devices):
+    """Per device, where a cached epoch is kept: on the device itself where that is a
+    CPU device (its memory is the host memory the cache budget counts, and a cached
+    batch then costs no transfer an epoch: issue 10, small records); None elsewhere
+    (an accelerator's memory is not what the budget counts)."""
+    import jax
+
+    if not all(d.platform == "cpu" for d in devices):
+        return None
+    return [functools.partial(jax.device_put, device=d) for d in devices]
 
 
 class _Streaming:
@@ -196,6 +224,7 @@ class _Streaming:
         n, ids = self.processes.layout(m, len(self.devices))
         budget = [cache_budget(cache)]
         args = (mode, n, self.n_per_device, prefetch, self.n_d, self.n_params, budget, ids)
+        args += (_cache_places(self.devices),)
         train, self._streams = _archive_sources(path, "train", *args)
         val, val_streams = (None, {})
         if validation and "validation" in m.splits:

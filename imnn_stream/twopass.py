@@ -26,6 +26,7 @@ from itertools import zip_longest
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from .stats import loss_and_stats
 
@@ -55,11 +56,6 @@ class TwoPass:
         # outside, and a CPU "device" has host memory: there a group goes through the
         # network as one batch. On accelerators the group is scanned n_per_device at a time.
         self.fuse = all(d.platform == "cpu" for d in self.devices) if fuse is None else fuse
-        self._fwd = {k: jax.jit(self._forward(mode.outputs[k], self.fuse)) for k in mode.kinds}
-        self._bwd = {
-            k: jax.jit(self._accumulate(mode.outputs[k], self.fuse), donate_argnums=3)
-            for k in mode.kinds
-        }
         self._checks = {}
         #: progress hook ``on_group(tag, kind, n_records)``, called as each group of
         #: batches is read (both passes): lets a progress bar move within an iteration
@@ -74,35 +70,51 @@ class TwoPass:
         self._host_loss = jax.jit(host_loss)
         self._host_stats = jax.jit(lambda raw, λ, α: loss_and_stats(*mode.assemble(raw), λ, α)[1])
         self._assemble = jax.jit(mode.assemble)
-        # one compiled call per device, not one eager op per leaf (profiled: eager
-        # zeros_like of the accumulators was ~15 % of the Python time of a toy iteration)
-        self._zeros = jax.jit(lambda w: jax.tree_util.tree_map(jnp.zeros_like, w))
+        self._zeros = jax.jit(jnp.zeros_like)
         self._w_placed = (None, None)
+        self._layout = None  # the weights' structure, shapes and dtypes
+
+    def _compile(self, w):
+        """The per-device calls for weights shaped as ``w``. The devices get the weights,
+        and give back their gradient sums, as one flat vector: one transfer per device
+        rather than one per leaf (profiled, issue 10: placing a 6-leaf MLP on two
+        devices was ~7 % of a toy iteration)."""
+        flat, unravel = ravel_pytree(w)
+        self._ravel = jax.jit(lambda v: ravel_pytree(v)[0])
+        self._unravel = jax.jit(unravel)
+        self._fwd, self._bwd = {}, {}
+        for k in self.mode.kinds:
+            fn = functools.partial(_unflat, self.mode.outputs[k], unravel)
+            self._fwd[k] = jax.jit(self._forward(fn, self.fuse))
+            self._bwd[k] = jax.jit(self._accumulate(fn, self.fuse), donate_argnums=3)
 
     def _place_weights(self, w):
-        """w on every device, placed once for the passes of one iteration that share it
-        (pass 1, pass 2 and the validation pass)."""
-        leaves = jax.tree_util.tree_leaves(w)
+        """w on every device as float(n_weights,), placed once for the passes of one
+        iteration that share it (pass 1, pass 2 and the validation pass)."""
+        leaves, tree = jax.tree_util.tree_flatten(w)
+        layout = (tree, tuple((np.shape(a), np.result_type(a)) for a in leaves))
+        if layout != self._layout:
+            self._compile(w)
+            self._layout, self._w_placed = layout, (None, None)
         last, placed = self._w_placed
         # the same immutable jax arrays (numpy ones could have been written since)
         same = last is not None and len(last) == len(leaves)
         if not (same and all(a is b and isinstance(a, jax.Array) for a, b in zip(leaves, last))):
-            placed = [jax.device_put(w, dev) for dev in self.devices]
+            flat = self._ravel(w)
+            placed = [jax.device_put(flat, dev) for dev in self.devices]
             self._w_placed = (leaves, placed)
         return placed
 
     @staticmethod
     def _forward(fn, fuse):
-        """(w, batches float(k, n, ...)) -> outputs (k, n, ...): n samples at a time, or
-        all k·n at once when ``fuse``."""
+        """(w, group) -> outputs float(k·n, ...): a group of k batches of n samples
+        float(k, n, ...) n samples at a time, or, when ``fuse``, a group float(k·n, ...)
+        all at once."""
 
         def forward(w, batches):
             if fuse:
-                out = fn(w, _merge(batches))
-                return jax.tree_util.tree_map(
-                    lambda a: a.reshape((-1, _n(batches)) + a.shape[1:]), out
-                )
-            return jax.lax.map(lambda b: fn(w, b), batches)
+                return fn(w, batches)
+            return _merge(jax.lax.map(lambda b: fn(w, b), batches))
 
         return forward
 
@@ -117,8 +129,7 @@ class TwoPass:
 
         def step(w, batches, cots, acc):
             if fuse:
-                g = one(w, _merge(batches), _merge(cots))
-                return jax.tree_util.tree_map(jnp.add, acc, g)
+                return jax.tree_util.tree_map(jnp.add, acc, one(w, batches, cots))
 
             def body(acc, bc):
                 return jax.tree_util.tree_map(jnp.add, acc, one(w, *bc)), None
@@ -153,9 +164,11 @@ class TwoPass:
                 yield d, b, positions, batch
 
     def _groups(self, tag, kind, sources):
-        """(device, positions int64(k·n), batches stacked to (k, n, ...)) for up to
-        ``max_group`` consecutive equal-sized batches of one device, at most
-        ``group_bytes`` of input per group."""
+        """(device, positions int64(k·n), group) for up to ``max_group`` consecutive
+        equal-sized batches of one device, at most ``group_bytes`` of input per group:
+        the batches stacked to float(k, n, ...), or joined to float(k·n, ...) when
+        ``fuse``. A batch already on a device (a cached epoch kept there,
+        ``StreamSource``'s ``place``) is a group of its own, not copied."""
         pending = {}
         group = None
         # Sources that hand out a new array per batch, never written again (archive
@@ -172,22 +185,30 @@ class TwoPass:
         def flush(d):
             items = pending.pop(d)
             positions = np.concatenate([p for p, _ in items])
-            if fresh and len(items) == 1:
-                stacked = {f: a[None] for f, a in items[0][1].items()}
+            if (fresh or self.fuse) and len(items) == 1:
+                first = items[0][1]
+                stacked = first if self.fuse else {f: a[None] for f, a in first.items()}
             else:
-                stacked = {f: np.stack([b[f] for _, b in items]) for f in items[0][1]}
+                join = np.concatenate if self.fuse else np.stack
+                stacked = {f: join([b[f] for _, b in items]) for f in items[0][1]}
             if self.on_group is not None:
                 self.on_group(tag, kind, len(positions))
             return d, positions, stacked
 
         for d, b, positions, batch in self._batches(tag, kind, sources):
+            if _placed(batch):
+                if d in pending:
+                    yield flush(d)
+                pending[d] = [(positions, batch)]
+                yield flush(d)
+                continue
             for positions, batch in _split(positions, batch, unit):
                 items = pending.get(d)
                 if items and len(positions) != len(items[0][0]):
                     yield flush(d)
                 pending.setdefault(d, []).append((positions, batch))
                 if group is None:
-                    nbytes = sum(np.asarray(a).nbytes for a in batch.values())
+                    nbytes = sum(a.nbytes for a in batch.values())
                     group = int(max(1, min(self.max_group, self.group_bytes // max(nbytes, 1))))
                 if len(pending[d]) >= group:
                     yield flush(d)
@@ -196,26 +217,32 @@ class TwoPass:
 
     def pass1(self, w, sources, tag="train"):
         """Raw outputs of every position: dict kind -> pytree of float(count, ...)."""
+        return self._collect(self._dispatch(w, sources, tag), tag)
+
+    def _dispatch(self, w, sources, tag):
+        """Pass 1 dispatched (asynchronously) over every group: dict kind -> list of
+        (positions, device outputs); at most ``in_flight`` unfinished groups per device."""
         w_dev = self._place_weights(w)
         pending = {k: [] for k in self.mode.kinds}
         window = [deque() for _ in self.devices]
         for kind in self.mode.kinds:
             for d, positions, batch in self._groups(tag, kind, sources[kind]):
-                batch = jax.device_put(batch, self.devices[d])
+                if not _placed(batch):
+                    batch = jax.device_put(batch, self.devices[d])
                 out = self._fwd[kind](w_dev[d], batch)
                 pending[kind].append((positions, out))
                 window[d].append(out)
                 if len(window[d]) > self.in_flight:
                     jax.block_until_ready(window[d].popleft())
-        del window
+        return pending
+
+    def _collect(self, pending, tag):
+        """Dispatched pass-1 outputs -> host arrays by global position (every process's)."""
         raw = {}
         for kind in self.mode.kinds:
             count = self.mode.counts[kind]
             positions = [p for p, _ in pending[kind]]
-            outs = jax.tree_util.tree_map(
-                lambda a: a.reshape((-1,) + a.shape[2:]),
-                jax.device_get([o for _, o in pending[kind]]),
-            )
+            outs = jax.device_get([o for _, o in pending[kind]])
             pending[kind] = None  # the device copies: only the host copy lives on
             positions, outs = self._exchange(positions, outs)
             _check_coverage(tag, kind, positions, count)
@@ -237,30 +264,52 @@ class TwoPass:
 
     def value_and_grad(self, w, sources, λ, α):
         """(d loss / d w on the host, statistics dict) over all sources."""
-        raw = self.pass1(w, sources, "train")
+        g, st, _ = self.iteration(w, sources, None, λ, α)
+        return g, st
+
+    def iteration(self, w, sources, validation, λ, α):
+        """(d loss / d w, training statistics, validation statistics or None): the
+        training passes with the validation pass dispatched between them — both first
+        passes use the same ``w``, so the devices compute the validation outputs while
+        the host computes the loss, and it costs no wait of its own."""
+        pending = self._dispatch(w, sources, "train")
+        val = None if validation is None else self._dispatch(w, validation, "validation")
+        raw = self._collect(pending, "train")
         st, cot = self._host_loss(jax.device_put(raw, self.host), λ, α)
         del raw  # pass 2 needs only the cotangents (one host copy of them)
         cot = jax.device_get(cot)
+        acc = self._pass2(w, sources, cot)
+        vst = None if val is None else self._host_stats(self._put(val, "validation"), λ, α)
+        # one transfer for every device's sum, added in device order on the host
+        g = functools.reduce(np.add, jax.device_get(acc))
+        return self._unravel(self._reduce(g)), st, vst
+
+    def _pass2(self, w, sources, cot):
+        """Pass 2 dispatched: per device, the sum of its batches' VJPs (device arrays)."""
         w_dev = self._place_weights(w)
         acc = [self._zeros(wd) for wd in w_dev]
         dispatched = [0] * len(self.devices)
         for kind in self.mode.kinds:
             for d, positions, batch in self._groups("train", kind, sources[kind]):
-                k = len(next(iter(batch.values())))
+                # the cotangent rows of the group's positions, shaped as its batches
+                lead = next(iter(batch.values())).shape[: 1 if self.fuse else 2]
                 c = jax.tree_util.tree_map(
-                    lambda a: a[positions].reshape((k, -1) + a.shape[1:]), cot[kind]
+                    lambda a: a[positions].reshape(lead + a.shape[1:]), cot[kind]
                 )
-                batch, c = jax.device_put((batch, c), self.devices[d])
+                if _placed(batch):
+                    c = jax.device_put(c, self.devices[d])
+                else:
+                    batch, c = jax.device_put((batch, c), self.devices[d])
                 acc[d] = self._bwd[kind](w_dev[d], batch, c, acc[d])
                 dispatched[d] += 1
                 if dispatched[d] % self.in_flight == 0:
                     # each step consumes the previous sum, so waiting for the newest one
                     # bounds the queued batches to in_flight per device
                     jax.block_until_ready(acc[d])
-        # one transfer for every device's sum, added in device order on the host (numpy:
-        # eager jax adds cost a dispatch per leaf)
-        g = jax.tree_util.tree_map(lambda *xs: functools.reduce(np.add, xs), *jax.device_get(acc))
-        return self._reduce(g), st
+        return acc
+
+    def _put(self, pending, tag):
+        return jax.device_put(self._collect(pending, tag), self.host)
 
     # -- across processes (imnn_stream.distributed overrides these two) ---------------
 
@@ -276,13 +325,11 @@ class TwoPass:
 
     def stats(self, w, sources, λ, α, tag="validation"):
         """Statistics (no gradient): one pass."""
-        return self._host_stats(jax.device_put(self.pass1(w, sources, tag), self.host), λ, α)
+        return self._host_stats(self._put(self._dispatch(w, sources, tag), tag), λ, α)
 
     def summaries(self, w, sources, tag):
         """(x float(n_s, n_summaries), dx float(n_d, n_summaries, n_params)) on the host."""
-        return jax.device_get(
-            self._assemble(jax.device_put(self.pass1(w, sources, tag), self.host))
-        )
+        return jax.device_get(self._assemble(self._put(self._dispatch(w, sources, tag), tag)))
 
     def forget(self, tag):
         """Drop the first-pass record of ``tag`` (its data changes, e.g. new simulations)."""
@@ -305,8 +352,14 @@ def _split(positions, batch, unit):
         yield positions[a : a + unit], {f: v[a : a + unit] for f, v in batch.items()}
 
 
-def _n(tree):
-    return jax.tree_util.tree_leaves(tree)[0].shape[1]
+def _unflat(fn, unravel, flat, batch):
+    """fn(weights, batch) with the weights given as float(n_weights,)."""
+    return fn(unravel(flat), batch)
+
+
+def _placed(batch):
+    """Whether a batch's arrays are already on a device (jax arrays)."""
+    return all(isinstance(a, jax.Array) for a in batch.values())
 
 
 def _same(a, b):

@@ -149,8 +149,9 @@ def test_two_pass_fit_holds_at_most_its_stated_batches(archive, monkeypatch, cpu
 
 
 def test_stream_source_caches_only_what_it_is_told(archive, monkeypatch, cpu_devices):
-    """With the cache on, live batches are the cached epoch's; with it off they
-    stay at the streaming bound (the cache is where memory may grow, by choice)."""
+    """With the cache on, the cached epoch's batches are kept on the (CPU) devices
+    and the decoded host batches are freed; with it off live batches stay at the
+    streaming bound (the cache is where memory may grow, by choice)."""
     count = LiveBatches(monkeypatch)
     # batches of n_per_device records, as counted below (by default a stream's batches
     # are whole multiples of it within sources.BATCH_BYTES: one an epoch here)
@@ -170,10 +171,13 @@ def test_stream_source_caches_only_what_it_is_told(archive, monkeypatch, cpu_dev
         imnn.fit(10.0, 0.1, min_iterations=2, patience=2, max_iterations=2)
         gc.collect()
         per_device = {"fiducial": N // 2 // 40, "derivative": 4 * N // 2 // 40}
-        cached = sum(per_device.values()) * len(devices)
-        assert count.live == cached
+        assert count.live == 0  # no decoded host batch outlives its transfer
         srcs = imnn._strategy.train
-        assert all(s.cached is not None for per in srcs.values() for s in per)
+        for kind, per in srcs.items():
+            for d, s in enumerate(per):
+                assert s.cached is not None and len(s.cached) == per_device[kind]
+                for _, batch, _ in s.cached:  # the cache is on the source's device
+                    assert {a.device for a in batch.values()} == {devices[d]}
     finally:
         imnn.close()
     assert np.isfinite(imnn.history["detF"][-1])
