@@ -7,7 +7,8 @@ peak memory against archive size, and the time spent waiting for input. Prints J
     python benchmarks/streaming.py growth             # host bytes per record that grow with n_s
     python benchmarks/streaming.py all
 
-speed: seconds per iteration (after compilation, page-cached archive) of the
+speed: seconds per iteration (after compilation, page-cached archive; the median of
+``--rounds`` blocks of ``--iterations``, interleaved over the trainers) of the
 in-memory, aggregated and streaming trainers, numerical and gradient modes, and
 the fraction of streaming iterations spent blocked on the readers; streaming
 twice: every pass read from the archive (``cache=0``) and with the decoded-epoch
@@ -83,8 +84,9 @@ def model_for(problem):
     return im.models.mlp((128, 128), 2) if problem == "toy" else im.models.cnn((8, 16), 64, 2)
 
 
-def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2):
+def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rounds=3):
     import jax
+    import numpy as np
     import optax
     import imnn_stream as im
     from writers.archive import write_arrays
@@ -164,24 +166,33 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2):
     for mode, classes in makers.items():
         if mode not in modes:
             continue
-        res = {}
-        for strategy, make in classes.items():
-            imnn = make()
-            imnn.fit(
-                10.0, 0.1, min_iterations=2, patience=2, max_iterations=2
-            )  # compile, warm cache
-            sources = _stream_sources(imnn)
-            for s in sources:
+        trainers = {strategy: make() for strategy, make in classes.items()}
+        for imnn in trainers.values():  # compile, fill the cache
+            imnn.fit(10.0, 0.1, min_iterations=2, patience=2, max_iterations=2)
+            for s in _stream_sources(imnn):
                 s.wait_seconds = 0.0
-            t0 = time.perf_counter()
-            imnn.fit(
-                10.0, 0.1, min_iterations=iterations, patience=iterations, max_iterations=iterations
-            )
-            jax.block_until_ready(imnn.w)
-            seconds = (time.perf_counter() - t0) / iterations
-            res[strategy] = dict(seconds_per_iteration=seconds)
+        times = {strategy: [] for strategy in trainers}
+        # rounds interleaved over the trainers, the median reported: a shared 2-core
+        # machine drifts by ±15 % between back-to-back blocks (measured, issue 10)
+        for _ in range(rounds):
+            for strategy, imnn in trainers.items():
+                t0 = time.perf_counter()
+                imnn.fit(
+                    10.0,
+                    0.1,
+                    min_iterations=iterations,
+                    patience=iterations,
+                    max_iterations=iterations,
+                )
+                jax.block_until_ready(imnn.w)
+                times[strategy].append((time.perf_counter() - t0) / iterations)
+        res = {}
+        for strategy, imnn in trainers.items():
+            seconds = float(np.median(times[strategy]))
+            res[strategy] = dict(seconds_per_iteration=seconds, rounds=times[strategy])
+            sources = _stream_sources(imnn)
             if sources:
-                wait = sum(s.wait_seconds for s in sources) / iterations
+                wait = sum(s.wait_seconds for s in sources) / (iterations * rounds)
                 res[strategy]["input_wait_fraction"] = wait / seconds
             if hasattr(imnn, "close"):
                 imnn.close()
@@ -204,6 +215,7 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2):
         n_per_device=npd,
         devices=n_devices,
         iterations=iterations,
+        rounds=rounds,
         results=out,
     )
 
@@ -332,6 +344,9 @@ def main():
     p.add_argument("rest", nargs="*")
     p.add_argument("--problem", default="both")
     p.add_argument("--iterations", type=int, default=20)
+    p.add_argument(
+        "--rounds", type=int, default=3, help="timed blocks per trainer (speed): the median"
+    )
     p.add_argument("--scales", default="1,4,16")
     p.add_argument(
         "--devices",
@@ -346,10 +361,12 @@ def main():
         return
     result = {}
     if a.what == "toy-numerical":
-        result["speed"] = [speed("toy", a.iterations, ("numerical",), a.devices)]
+        result["speed"] = [speed("toy", a.iterations, ("numerical",), a.devices, a.rounds)]
     if a.what in ("speed", "all"):
         problems = ["toy", "field"] if a.problem == "both" else [a.problem]
-        result["speed"] = [speed(pr, a.iterations, n_devices=a.devices) for pr in problems]
+        result["speed"] = [
+            speed(pr, a.iterations, n_devices=a.devices, rounds=a.rounds) for pr in problems
+        ]
     if a.what == "growth":
         result["growth"] = growth([2000, 8000])
     if a.what in ("memory", "all"):

@@ -121,6 +121,12 @@ class StreamSource:
         self.cache, self._close, self._place = cache, close, place
         self.cached = None  # list of (positions, batch) once an epoch is kept
 
+    @property
+    def resident(self) -> bool:
+        """Whether every batch of an epoch is already on its device (a cached epoch
+        kept where ``place`` put it)."""
+        return self.cached is not None and self._place is not None
+
     def epoch(self):
         if self.cached is not None:
             for positions, batch, check in self.cached:

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .resident import Resident, resident
+from .resident import iteration as resident_iteration
 from .stats import loss_and_stats
 
 __all__ = ["TwoPass", "OrderError"]
@@ -49,6 +51,7 @@ class TwoPass:
         group_bytes: int = 8 << 20,
         max_group: int = 64,
         fuse=None,
+        residual_bytes: int = 512 << 20,
     ):
         self.mode, self.host, self.devices = mode, host, list(devices)
         self.in_flight, self.group_bytes, self.max_group = in_flight, group_bytes, max_group
@@ -56,6 +59,9 @@ class TwoPass:
         # outside, and a CPU "device" has host memory: there a group goes through the
         # network as one batch. On accelerators the group is scanned n_per_device at a time.
         self.fuse = all(d.platform == "cpu" for d in self.devices) if fuse is None else fuse
+        #: most bytes of network activations kept from pass 1 to pass 2 when the training
+        #: data are resident on the devices (:mod:`imnn_stream.resident`)
+        self.residual_bytes = residual_bytes
         self._checks = {}
         #: progress hook ``on_group(tag, kind, n_records)``, called as each group of
         #: batches is read (both passes): lets a progress bar move within an iteration
@@ -82,27 +88,29 @@ class TwoPass:
         flat, unravel = ravel_pytree(w)
         self._ravel = jax.jit(lambda v: ravel_pytree(v)[0])
         self._unravel = jax.jit(unravel)
-        self._fwd, self._bwd = {}, {}
+        self._fwd, self._bwd, fns = {}, {}, {}
         for k in self.mode.kinds:
-            fn = functools.partial(_unflat, self.mode.outputs[k], unravel)
+            fns[k] = fn = functools.partial(_unflat, self.mode.outputs[k], unravel)
             self._fwd[k] = jax.jit(self._forward(fn, self.fuse))
             self._bwd[k] = jax.jit(self._accumulate(fn, self.fuse), donate_argnums=3)
+        self.resident = Resident(fns, self.residual_bytes)
 
     def _place_weights(self, w):
         """w on every device as float(n_weights,), placed once for the passes of one
         iteration that share it (pass 1, pass 2 and the validation pass)."""
         leaves, tree = jax.tree_util.tree_flatten(w)
-        layout = (tree, tuple((np.shape(a), np.result_type(a)) for a in leaves))
-        if layout != self._layout:
-            self._compile(w)
-            self._layout, self._w_placed = layout, (None, None)
         last, placed = self._w_placed
         # the same immutable jax arrays (numpy ones could have been written since)
         same = last is not None and len(last) == len(leaves)
-        if not (same and all(a is b and isinstance(a, jax.Array) for a, b in zip(leaves, last))):
-            flat = self._ravel(w)
-            placed = [jax.device_put(flat, dev) for dev in self.devices]
-            self._w_placed = (leaves, placed)
+        if same and all(a is b and isinstance(a, jax.Array) for a, b in zip(leaves, last)):
+            return placed
+        layout = (tree, tuple((np.shape(a), _dtype(a)) for a in leaves))
+        if layout != self._layout:
+            self._compile(w)
+            self._layout = layout
+        flat = self._ravel(w)
+        placed = [jax.device_put(flat, dev) for dev in self.devices]
+        self._w_placed = (leaves, placed)
         return placed
 
     @staticmethod
@@ -120,8 +128,10 @@ class TwoPass:
 
     @staticmethod
     def _accumulate(fn, fuse):
-        """acc + Σ_b VJP of fn(·, batch_b) at w with cotangent_b: one batch at a time, or
-        one VJP over the merged group when ``fuse``."""
+        """(acc + Σ_b VJP of fn(·, batch_b) at w with cotangent_b, a one-element token
+        of it): one batch at a time, or one VJP over the merged group when ``fuse``.
+        The token is what a later dispatch waits on (the sum itself is donated to the
+        next step)."""
 
         def one(w, batch, cot):
             _, vjp = jax.vjp(lambda v: fn(v, batch), w)
@@ -129,12 +139,14 @@ class TwoPass:
 
         def step(w, batches, cots, acc):
             if fuse:
-                return jax.tree_util.tree_map(jnp.add, acc, one(w, batches, cots))
+                acc = acc + one(w, batches, cots)
+            else:
 
-            def body(acc, bc):
-                return jax.tree_util.tree_map(jnp.add, acc, one(w, *bc)), None
+                def body(acc, bc):
+                    return acc + one(w, *bc), None
 
-            return jax.lax.scan(body, acc, (batches, cots))[0]
+                acc = jax.lax.scan(body, acc, (batches, cots))[0]
+            return acc, acc[:1]
 
         return step
 
@@ -272,6 +284,8 @@ class TwoPass:
         training passes with the validation pass dispatched between them — both first
         passes use the same ``w``, so the devices compute the validation outputs while
         the host computes the loss, and it costs no wait of its own."""
+        if self.fuse and resident(sources):
+            return resident_iteration(self, w, sources, validation, λ, α)
         pending = self._dispatch(w, sources, "train")
         val = None if validation is None else self._dispatch(w, validation, "validation")
         raw = self._collect(pending, "train")
@@ -288,7 +302,7 @@ class TwoPass:
         """Pass 2 dispatched: per device, the sum of its batches' VJPs (device arrays)."""
         w_dev = self._place_weights(w)
         acc = [self._zeros(wd) for wd in w_dev]
-        dispatched = [0] * len(self.devices)
+        window = [deque() for _ in self.devices]
         for kind in self.mode.kinds:
             for d, positions, batch in self._groups("train", kind, sources[kind]):
                 # the cotangent rows of the group's positions, shaped as its batches
@@ -300,12 +314,13 @@ class TwoPass:
                     c = jax.device_put(c, self.devices[d])
                 else:
                     batch, c = jax.device_put((batch, c), self.devices[d])
-                acc[d] = self._bwd[kind](w_dev[d], batch, c, acc[d])
-                dispatched[d] += 1
-                if dispatched[d] % self.in_flight == 0:
-                    # each step consumes the previous sum, so waiting for the newest one
-                    # bounds the queued batches to in_flight per device
-                    jax.block_until_ready(acc[d])
+                acc[d], done = self._bwd[kind](w_dev[d], batch, c, acc[d])
+                # at most in_flight unfinished groups per device: wait for the oldest
+                # (not the newest: that would idle the device until the host dispatched
+                # again, and keep the other devices waiting for their next group)
+                window[d].append(done)
+                if len(window[d]) > self.in_flight:
+                    jax.block_until_ready(window[d].popleft())
         return acc
 
     def _put(self, pending, tag):
@@ -355,6 +370,10 @@ def _split(positions, batch, unit):
 def _unflat(fn, unravel, flat, batch):
     """fn(weights, batch) with the weights given as float(n_weights,)."""
     return fn(unravel(flat), batch)
+
+
+def _dtype(a):
+    return np.dtype(a.dtype) if hasattr(a, "dtype") else np.asarray(a).dtype
 
 
 def _placed(batch):
