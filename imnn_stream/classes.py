@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checks
+from .sources import default_cache_bytes, device_places
 from .modes import gradient_mode, numerical_mode, simulator_mode, split_gradient, split_numerical
 from .strategies import InMemory, TwoPassStrategy, array_sources, simulator_sources
 from .trainer import Trainer
@@ -75,6 +76,10 @@ def _to_device(batches):
 
 def _to_host(batches):
     return None if batches is None else jax.tree_util.tree_map(np.asarray, batches)
+
+
+def _nbytes(tree) -> int:
+    return sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(tree))
 
 
 def _aggregation(t, host, devices, n_per_device, counts=None):
@@ -208,14 +213,21 @@ class _Aggregated:
 
     def _two_pass(self, mode, train, validation):
         n = len(self.devices)
+        train, validation = _to_host(train), _to_host(validation)
+        # on CPU devices, data that fit the default cache budget (25 % of available
+        # memory) are copied onto the devices once, as the streaming cache keeps its
+        # epochs: no transfer an iteration, and the joint resident passes
+        # (imnn_stream.resident); larger data are sliced from host memory every pass
+        size = sum(_nbytes(x) for x in (train, validation))
+        places = device_places(self.devices) if size <= default_cache_bytes() else None
         return TwoPassStrategy(
             mode,
             self.host,
             self.devices,
-            array_sources(_to_host(train), mode, n, self.n_per_device),
+            array_sources(train, mode, n, self.n_per_device, places=places),
             None
             if validation is None
-            else array_sources(_to_host(validation), mode, n, self.n_per_device),
+            else array_sources(validation, mode, n, self.n_per_device, places=places),
         )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-__all__ = ["Resident", "resident"]
+__all__ = ["Resident", "resident", "iteration", "dispatch"]
 
 
 def resident(sources) -> bool:
@@ -82,8 +82,8 @@ MAX_JOINT = 8
 def iteration(engine, w, sources, validation, λ, α):
     """``TwoPass.iteration`` for resident training data (``resident(sources)``):
     (d loss / d w, training statistics, validation statistics or None)."""
+    w_dev = engine._place_weights(w)  # first: it compiles the calls for w's shapes
     r = engine.resident
-    w_dev = engine._place_weights(w)
     chunks = _chunks(engine, "train", sources)
     size = sum(r.residual_size(kinds, w_dev[d], b) for d, kinds, _, b in chunks)
     keep = size <= r.residual_bytes
@@ -92,13 +92,7 @@ def iteration(engine, w, sources, validation, λ, α):
     vjps = [o[1] for o in out] if keep else None
     outs = [o[0] for o in out] if keep else out
     del out
-    val = None
-    if validation is not None:
-        val = (
-            _dispatch(engine, w_dev, validation)
-            if resident(validation)
-            else engine._dispatch(w, validation, "validation")
-        )
+    val = None if validation is None else engine._dispatch(w, validation, "validation")
     pending = {k: [] for k in engine.mode.kinds}
     for (_, kinds, positions, _), o in zip(chunks, outs):
         for kind, p, x in zip(kinds, positions, o):
@@ -159,11 +153,11 @@ def _chunks(engine, tag, sources):
     ]
 
 
-def _dispatch(engine, w_dev, sources):
-    """Pass 1 of resident validation data, one call per chunk: dict kind -> list of
-    (positions, device outputs), as ``TwoPass._dispatch``."""
+def dispatch(engine, w_dev, sources, tag):
+    """Pass 1 of resident data (validation, statistics, summaries), one call per
+    chunk: dict kind -> list of (positions, device outputs), as ``TwoPass._dispatch``."""
     pending = {k: [] for k in engine.mode.kinds}
-    for d, kinds, positions, b in _chunks(engine, "validation", sources):
+    for d, kinds, positions, b in _chunks(engine, tag, sources):
         outs = engine.resident.forward(kinds, w_dev[d], b)
         for kind, p, o in zip(kinds, positions, outs):
             pending[kind].append((p, o))

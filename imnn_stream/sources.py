@@ -12,6 +12,7 @@ bytes a record kept for train and validation, were part of what grew with n_s).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from typing import Iterator
@@ -31,6 +32,9 @@ __all__ = [
     "fingerprint",
     "positions_digest",
     "device_blocks",
+    "device_places",
+    "cache_budget",
+    "default_cache_bytes",
 ]
 
 
@@ -56,25 +60,86 @@ def device_blocks(count: int, n_devices: int, argument: str):
 BATCH_BYTES = 1 << 20
 
 
+#: default decoded-epoch cache budget: this fraction of MemAvailable
+CACHE_FRACTION = 0.25
+
+
+def default_cache_bytes() -> int:
+    """The default host-memory budget of the decoded-epoch cache:
+    :data:`CACHE_FRACTION` of ``MemAvailable`` (``/proc/meminfo``); 0 where that
+    cannot be read (the cache is then off)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * CACHE_FRACTION)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def cache_budget(cache) -> float:
+    """Bytes the decoded-epoch cache may hold: ``cache`` None → the default
+    (:func:`default_cache_bytes`), False/0 → none, True → no limit, a number →
+    that many bytes."""
+    if cache is None:
+        return float(default_cache_bytes())
+    if isinstance(cache, bool):
+        return float("inf") if cache else 0.0
+    if cache < 0:
+        raise ValueError(f"`cache`: a byte budget ≥ 0 (or None, True, False), got {cache!r}")
+    return float(cache)
+
+
+def device_places(devices):
+    """Per device, where a cached epoch is kept: on the device itself where that is a
+    CPU device (its memory is the host memory the cache budget counts, and a cached
+    batch then costs no transfer an epoch: issue 10, small records); None elsewhere
+    (an accelerator's memory is not what the budget counts)."""
+    import jax
+
+    if not all(d.platform == "cpu" for d in devices):
+        return None
+    return [functools.partial(jax.device_put, device=d) for d in devices]
+
+
 class ArraySource:
     """Slices of arrays held in host memory: positions [start, stop), ``batch`` at a
     time (a whole multiple of ``n_per_device``, the ``unit``, within ``batch_bytes``:
     :func:`writers.stream_prefetch.batch_records`).
 
     arrays: dict field -> array(count, ...)
+    place: where the batches are kept instead, ``batch dict -> batch dict`` (e.g. a
+    ``jax.device_put`` to a CPU device: :func:`device_places`), placed once here;
+    every epoch then hands the engine the placed batches.
     """
 
     #: the arrays are not written during a fit: a batch is handed on without a copy
     fresh_batches = True
 
     def __init__(
-        self, arrays: dict, start: int, stop: int, n_per_device: int, batch_bytes=BATCH_BYTES
+        self,
+        arrays: dict,
+        start: int,
+        stop: int,
+        n_per_device: int,
+        batch_bytes=BATCH_BYTES,
+        place=None,
     ):
         self.arrays, self.start, self.stop, self.unit = arrays, start, stop, n_per_device
         row = _row_bytes(arrays)
         self.n = batch_records(n_per_device, stop - start, row, batch_bytes if row else None)
+        self.placed = None if place is None else [(p, place(b), c) for p, b, c in self._slices()]
+
+    @property
+    def resident(self) -> bool:
+        """Whether every batch is already on its device (``place``)."""
+        return self.placed is not None
 
     def epoch(self):
+        return iter(self.placed) if self.placed is not None else self._slices()
+
+    def _slices(self):
         for b in range(self.start, self.stop, self.n):
             e = min(b + self.n, self.stop)
             positions = np.arange(b, e, dtype=np.int64)

@@ -107,17 +107,30 @@ class TwoPassStrategy:
         return self.engine.summaries(w, self._sources(key, data, tag), tag)
 
 
-def array_sources(batches: dict, mode, n_devices: int, n_per_device: int, batch_bytes=BATCH_BYTES):
+def array_sources(
+    batches: dict, mode, n_devices: int, n_per_device: int, batch_bytes=BATCH_BYTES, places=None
+):
     """Host-memory arrays (dict kind -> batch dict) -> per-device ArraySources.
 
     Device d gets the contiguous block d of every kind, in batches of whole multiples
-    of n_per_device within ``batch_bytes`` (``sources.ArraySource``).
+    of n_per_device within ``batch_bytes`` (``sources.ArraySource``); with ``places``
+    (per device, ``sources.device_places``) the batches are kept on the devices.
     """
     out = {}
     for kind in mode.kinds:
         count = mode.counts[kind]
         blocks = device_blocks(count, n_devices, kind)
-        out[kind] = [ArraySource(batches[kind], a, b, n_per_device, batch_bytes) for a, b in blocks]
+        out[kind] = [
+            ArraySource(
+                batches[kind],
+                a,
+                b,
+                n_per_device,
+                batch_bytes,
+                None if places is None else places[d],
+            )
+            for d, (a, b) in enumerate(blocks)
+        ]
     return out
 
 

@@ -20,13 +20,20 @@ records at a time of:
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .classes import _aggregation, _δθ
 from .modes import gradient_mode, numerical_mode
-from .sources import BATCH_BYTES, IteratorSource, StreamSource, device_blocks
+from .sources import (
+    BATCH_BYTES,
+    CACHE_FRACTION,  # noqa: F401 (the budget's documented home since 0.1)
+    IteratorSource,
+    StreamSource,
+    cache_budget,
+    default_cache_bytes,  # noqa: F401
+    device_blocks,
+    device_places,
+)
 from .strategies import TwoPassStrategy
 from .trainer import Trainer
 
@@ -45,37 +52,6 @@ def _iterator_sources(mode, kind, iterators, n_devices, n_per_device, argument):
         IteratorSource(iter(it), mode.fields[kind], a, b - a, n_per_device)
         for it, (a, b) in zip(iterators, blocks)
     ]
-
-
-#: default decoded-epoch cache budget: this fraction of MemAvailable
-CACHE_FRACTION = 0.25
-
-
-def default_cache_bytes() -> int:
-    """The default host-memory budget of the decoded-epoch cache:
-    :data:`CACHE_FRACTION` of ``MemAvailable`` (``/proc/meminfo``); 0 where that
-    cannot be read (the cache is then off)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * CACHE_FRACTION)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def cache_budget(cache) -> float:
-    """Bytes the decoded-epoch cache may hold: ``cache`` None → the default
-    (:func:`default_cache_bytes`), False/0 → none, True → no limit, a number →
-    that many bytes."""
-    if cache is None:
-        return float(default_cache_bytes())
-    if isinstance(cache, bool):
-        return float("inf") if cache else 0.0
-    if cache < 0:
-        raise ValueError(f"`cache`: a byte budget ≥ 0 (or None, True, False), got {cache!r}")
-    return float(cache)
 
 
 def _archive_sources(
@@ -136,18 +112,6 @@ def _archive_sources(
                 )
             )
     return sources, streams
-
-
-def _cache_places(devices):
-    """Per device, where a cached epoch is kept: on the device itself where that is a
-    CPU device (its memory is the host memory the cache budget counts, and a cached
-    batch then costs no transfer an epoch: issue 10, small records); None elsewhere
-    (an accelerator's memory is not what the budget counts)."""
-    import jax
-
-    if not all(d.platform == "cpu" for d in devices):
-        return None
-    return [functools.partial(jax.device_put, device=d) for d in devices]
 
 
 class _Streaming:
@@ -224,7 +188,7 @@ class _Streaming:
         n, ids = self.processes.layout(m, len(self.devices))
         budget = [cache_budget(cache)]
         args = (mode, n, self.n_per_device, prefetch, self.n_d, self.n_params, budget, ids)
-        args += (_cache_places(self.devices),)
+        args += (device_places(self.devices),)
         train, self._streams = _archive_sources(path, "train", *args)
         val, val_streams = (None, {})
         if validation and "validation" in m.splits:

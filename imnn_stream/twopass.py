@@ -29,6 +29,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .resident import Resident, resident
+from .resident import dispatch as resident_dispatch
 from .resident import iteration as resident_iteration
 from .stats import loss_and_stats
 
@@ -235,6 +236,8 @@ class TwoPass:
         """Pass 1 dispatched (asynchronously) over every group: dict kind -> list of
         (positions, device outputs); at most ``in_flight`` unfinished groups per device."""
         w_dev = self._place_weights(w)
+        if self.fuse and resident(sources):  # joint calls, nothing to transfer or bound
+            return resident_dispatch(self, w_dev, sources, tag)
         pending = {k: [] for k in self.mode.kinds}
         window = [deque() for _ in self.devices]
         for kind in self.mode.kinds:
