@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 from .resident import Resident, resident
 from .resident import dispatch as resident_dispatch
 from .resident import iteration as resident_iteration
+from .resident import warm as resident_warm
 from .stats import loss_and_stats
 
 __all__ = ["TwoPass", "OrderError"]
@@ -299,6 +300,8 @@ class TwoPass:
         vst = None if val is None else self._host_stats(self._put(val, "validation"), λ, α)
         # one transfer for every device's sum, added in device order on the host
         g = functools.reduce(np.add, jax.device_get(acc))
+        if self.fuse and resident(sources):  # these passes filled the cache
+            resident_warm(self, w, sources, validation)
         return self._unravel(self._reduce(g)), st, vst
 
     def _pass2(self, w, sources, cot):
