@@ -321,11 +321,12 @@ class TwoPass:
                 else:
                     batch, c = jax.device_put((batch, c), self.devices[d])
                 acc[d], done = self._bwd[kind](w_dev[d], batch, c, acc[d])
-                # at most in_flight unfinished groups per device: wait for the oldest
-                # (not the newest: that would idle the device until the host dispatched
-                # again, and keep the other devices waiting for their next group)
+                # at most in_flight unfinished groups per device (their inputs are what
+                # pass 2 holds: the bound of issue 10's flat-memory measurement): wait for
+                # the oldest, not the newest (that idled the device until the host
+                # dispatched again, and kept the other devices waiting for their groups)
                 window[d].append(done)
-                if len(window[d]) > self.in_flight:
+                if len(window[d]) >= self.in_flight:
                     jax.block_until_ready(window[d].popleft())
         return acc
 
