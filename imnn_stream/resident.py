@@ -84,42 +84,22 @@ def iteration(engine, w, sources, validation, λ, α):
     """``TwoPass.iteration`` for resident training data (``resident(sources)``):
     (d loss / d w, training statistics, validation statistics or None)."""
     w_dev = engine._place_weights(w)  # first: it compiles the calls for w's shapes
-    r = engine.resident
     chunks = _chunks(engine, "train", sources)
-    size = sum(r.residual_size(kinds, w_dev[d], b) for d, kinds, _, b in chunks)
-    keep = size <= r.residual_bytes
-    call = r.forward_vjp if keep else r.forward
-    out = [call(kinds, w_dev[d], b) for d, kinds, _, b in chunks]
-    vjps = [o[1] for o in out] if keep else None
-    outs = [o[0] for o in out] if keep else out
-    del out
+    outs, vjps = _first_pass(engine, w_dev, chunks)
     val = None if validation is None else engine._dispatch(w, validation, "validation")
     pending = {k: [] for k in engine.mode.kinds}
     for (_, kinds, positions, _), o in zip(chunks, outs):
         for kind, p, x in zip(kinds, positions, o):
             pending[kind].append((p, x))
     del outs
-    raw = engine._collect(pending, "train")
-    st, cot = engine._host_loss(jax.device_put(raw, engine.host), λ, α)
-    del raw
-    cot = jax.device_get(cot)
-    acc = {d: engine._zeros(w_dev[d]) for d in sorted({c[0] for c in chunks})}
-    for i, (d, kinds, positions, b) in enumerate(chunks):
-        c = tuple(
-            jax.tree_util.tree_map(lambda a: a[p], cot[kind]) for kind, p in zip(kinds, positions)
-        )
-        c = jax.device_put(c, engine.devices[d])
-        if keep:
-            acc[d] = r.apply(vjps[i], c, acc[d])
-            vjps[i] = None  # its residuals are freed as soon as it has run
-        else:
-            acc[d] = r.backward(kinds, w_dev[d], b, c, acc[d])
+    st, cot = engine._loss(pending, λ, α)
+    cots = [
+        tuple(jax.tree_util.tree_map(lambda a: a[p], cot[k]) for k, p in zip(kinds, positions))
+        for _, kinds, positions, _ in chunks
+    ]
+    acc = _second_pass(engine, w_dev, chunks, vjps, cots)
     vst = None if val is None else engine._host_stats(engine._put(val, "validation"), λ, α)
-    sums = jax.device_get([acc[d] for d in sorted(acc)])  # added in device order
-    g = sums[0]
-    for s in sums[1:]:
-        g = g + s
-    return engine._unravel(engine._reduce(g)), st, vst
+    return engine._total(acc), st, vst
 
 
 def warm(engine, w, sources, validation):
@@ -130,24 +110,41 @@ def warm(engine, w, sources, validation):
     hook, engine.on_group = engine.on_group, None  # not a pass of the progress bar
     try:
         w_dev = engine._place_weights(w)
-        r = engine.resident
         chunks = _chunks(engine, "train", sources)
-        keep = sum(r.residual_size(k, w_dev[d], b) for d, k, _, b in chunks) <= r.residual_bytes
-        done = []
-        for d, kinds, _, b in chunks:
-            zero = engine._zeros(w_dev[d])
-            if keep:
-                out, vjp = r.forward_vjp(kinds, w_dev[d], b)
-                done.append(r.apply(vjp, jax.tree_util.tree_map(jnp.zeros_like, out), zero))
-            else:
-                out = r.forward(kinds, w_dev[d], b)
-                c = jax.tree_util.tree_map(jnp.zeros_like, out)
-                done.append(r.backward(kinds, w_dev[d], b, c, zero))
+        outs, vjps = _first_pass(engine, w_dev, chunks)
+        zeros = [jax.tree_util.tree_map(jnp.zeros_like, o) for o in outs]
+        done = _second_pass(engine, w_dev, chunks, vjps, zeros)
         if validation is not None and resident(validation):
             done.append(engine._dispatch(w, validation, "validation"))
         jax.block_until_ready(done)
     finally:
         engine.on_group = hook
+
+
+def _first_pass(engine, w_dev, chunks):
+    """Pass 1 over the chunks: (outputs per chunk, VJPs per chunk or None). The VJPs
+    (their residuals) are kept only when all of them fit ``residual_bytes``."""
+    r = engine.resident
+    size = sum(r.residual_size(kinds, w_dev[d], b) for d, kinds, _, b in chunks)
+    if size > r.residual_bytes:
+        return [r.forward(kinds, w_dev[d], b) for d, kinds, _, b in chunks], None
+    out = [r.forward_vjp(kinds, w_dev[d], b) for d, kinds, _, b in chunks]
+    return [o[0] for o in out], [o[1] for o in out]
+
+
+def _second_pass(engine, w_dev, chunks, vjps, cots):
+    """Pass 2: per device (in device order), the sum of its chunks' VJPs with the
+    cotangents ``cots`` (per chunk, a tuple per group), float(n_weights,)."""
+    r = engine.resident
+    acc = {d: engine._zeros(w_dev[d]) for d in sorted({c[0] for c in chunks})}
+    for i, ((d, kinds, _, b), c) in enumerate(zip(chunks, cots)):
+        c = jax.device_put(c, engine.devices[d])
+        if vjps is not None:
+            acc[d] = r.apply(vjps[i], c, acc[d])
+            vjps[i] = None  # its residuals are freed as soon as it has run
+        else:
+            acc[d] = r.backward(kinds, w_dev[d], b, c, acc[d])
+    return [acc[d] for d in sorted(acc)]
 
 
 def _chunks(engine, tag, sources):

@@ -229,10 +229,6 @@ class TwoPass:
         for d in sorted(pending):
             yield flush(d)
 
-    def pass1(self, w, sources, tag="train"):
-        """Raw outputs of every position: dict kind -> pytree of float(count, ...)."""
-        return self._collect(self._dispatch(w, sources, tag), tag)
-
     def _dispatch(self, w, sources, tag):
         """Pass 1 dispatched (asynchronously) over every group: dict kind -> list of
         (positions, device outputs); at most ``in_flight`` unfinished groups per device."""
@@ -292,17 +288,26 @@ class TwoPass:
             return resident_iteration(self, w, sources, validation, λ, α)
         pending = self._dispatch(w, sources, "train")
         val = None if validation is None else self._dispatch(w, validation, "validation")
+        st, cot = self._loss(pending, λ, α)
+        acc = self._pass2(w, sources, cot)
+        vst = None if val is None else self._host_stats(self._put(val, "validation"), λ, α)
+        g = self._total(acc)
+        if self.fuse and resident(sources):  # these passes filled the cache
+            resident_warm(self, w, sources, validation)
+        return g, st, vst
+
+    def _loss(self, pending, λ, α):
+        """Dispatched training pass-1 outputs -> (statistics, cotangents d loss / d outputs
+        on the host, dict kind -> float(count, ...))."""
         raw = self._collect(pending, "train")
         st, cot = self._host_loss(jax.device_put(raw, self.host), λ, α)
         del raw  # pass 2 needs only the cotangents (one host copy of them)
-        cot = jax.device_get(cot)
-        acc = self._pass2(w, sources, cot)
-        vst = None if val is None else self._host_stats(self._put(val, "validation"), λ, α)
-        # one transfer for every device's sum, added in device order on the host
-        g = functools.reduce(np.add, jax.device_get(acc))
-        if self.fuse and resident(sources):  # these passes filled the cache
-            resident_warm(self, w, sources, validation)
-        return self._unravel(self._reduce(g)), st, vst
+        return st, jax.device_get(cot)
+
+    def _total(self, acc):
+        """The devices' gradient sums float(n_weights,) (a list in device order) -> the
+        gradient pytree on the host: one transfer for all, added in device order."""
+        return self._unravel(self._reduce(functools.reduce(np.add, jax.device_get(acc))))
 
     def _pass2(self, w, sources, cot):
         """Pass 2 dispatched: per device, the sum of its batches' VJPs (device arrays)."""
