@@ -11,8 +11,11 @@ speed: seconds per iteration (after compilation, page-cached archive; the median
 ``--rounds`` blocks of ``--iterations``, interleaved over the trainers) of the
 in-memory, aggregated and streaming trainers, numerical and gradient modes, and
 the fraction of streaming iterations spent blocked on the readers; streaming
-twice: every pass read from the archive (``cache=0``) and with the decoded-epoch
-cache (``cache=True``: the first epoch is read, the next ones replayed from memory).
+three times: every pass read from the archive (``cache=0``) with the default
+``decode="auto"`` (small records decoded in a reader process), the same with
+reader threads (``streaming_threads``, ``decode="thread"``), and with the
+decoded-epoch cache (``cache=True``: the first epoch is read, the next ones
+replayed from memory).
   toy:   10-draw Gaussian, n_s = n_d = 1000, MLP 128-128, 2 devices × 100
   field: 32×32 Gaussian random field, θ = (A, B) = (1, 2), n_s = n_d = 500,
          small CNN, 2 devices × 50
@@ -136,13 +139,14 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
             key_or_state=jax.random.PRNGKey(0),
         )
 
-    def archive(cls, name, cache):
+    def archive(cls, name, cache, decode="auto"):
         return cls.from_archive(
             os.path.join(tmp, name),
             model=model_for(problem),
             optimiser=optax.adam(1e-3),
             key_or_state=jax.random.PRNGKey(0),
             cache=cache,
+            decode=decode,
             **agg,
         )
 
@@ -153,12 +157,16 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
             "in_memory": lambda: im.NumericalGradientIMNN(**kw(), **num),
             "aggregated": lambda: im.AggregatedNumericalGradientIMNN(**kw(), **num, **agg),
             "streaming": lambda: archive(im.DatasetNumericalGradientIMNN, "num", 0),
+            "streaming_threads": lambda: archive(
+                im.DatasetNumericalGradientIMNN, "num", 0, "thread"
+            ),
             "streaming_cached": lambda: archive(im.DatasetNumericalGradientIMNN, "num", True),
         },
         "gradient": {
             "in_memory": lambda: im.GradientIMNN(**kw(), **grad),
             "aggregated": lambda: im.AggregatedGradientIMNN(**kw(), **grad, **agg),
             "streaming": lambda: archive(im.DatasetGradientIMNN, "grad", 0),
+            "streaming_threads": lambda: archive(im.DatasetGradientIMNN, "grad", 0, "thread"),
             "streaming_cached": lambda: archive(im.DatasetGradientIMNN, "grad", True),
         },
     }
@@ -201,6 +209,10 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
         )
         res["streaming_over_aggregated"] = (
             res["streaming"]["seconds_per_iteration"] / res["aggregated"]["seconds_per_iteration"]
+        )
+        res["streaming_threads_over_in_memory"] = (
+            res["streaming_threads"]["seconds_per_iteration"]
+            / res["in_memory"]["seconds_per_iteration"]
         )
         res["streaming_cached_over_in_memory"] = (
             res["streaming_cached"]["seconds_per_iteration"]

@@ -39,6 +39,13 @@ from .trainer import Trainer
 
 __all__ = ["DatasetNumericalGradientIMNN", "DatasetGradientIMNN"]
 
+#: decoded bytes of a record up to which ``decode="auto"`` reads an uncached stream in a
+#: reader process: per record the reader's interpreter time is ~0.5–1 µs, which for
+#: small records is most of the stream's cost (toy, ~100 bytes: 15 000 records an
+#: iteration); larger records are read at disk speed by threads, and a pipe would add
+#: a copy of every byte
+SMALL_RECORD_BYTES = 1024
+
 
 def _iterator_sources(mode, kind, iterators, n_devices, n_per_device, argument):
     if not isinstance(iterators, (list, tuple)) or len(iterators) != n_devices:
@@ -66,6 +73,7 @@ def _archive_sources(
     budget,
     device_ids=None,
     places=None,
+    decode="auto",
 ):
     """Per-kind per-device StreamSources of one split, and the device streams
     (of ``device_ids`` of the ``n_devices`` only, when given: one process's share).
@@ -75,8 +83,33 @@ def _archive_sources(
     its bytes taken from it: streams that do not fit are streamed every epoch.
 
     places: per local device, where its cached batches are kept (``StreamSource``'s
-    ``place``), or None (decoded host arrays)."""
+    ``place``), or None (decoded host arrays).
+
+    decode: ``"auto"`` (streams of small records read every epoch are decoded in a
+    reader process, :mod:`writers.stream_worker`; the others in reader threads),
+    ``"thread"`` or ``"process"`` (all of them)."""
     from writers.streams import device_streams
+
+    cached = {}
+
+    def plan(shapes):
+        """Which streams are cached (the budget, in kind order then device order) and
+        where each is decoded: a reader process for small records read every epoch
+        (their decoding would hold this process's GIL), a reader thread otherwise."""
+        how = {}
+        for kind in [k for k in mode.kinds if k in shapes] + [
+            k for k in shapes if k not in mode.kinds
+        ]:
+            how[kind] = []
+            for d, shape in enumerate(shapes[kind]):
+                cached[kind, d] = cache = shape.epoch_bytes <= budget[0]
+                if cache:
+                    budget[0] -= shape.epoch_bytes
+                small = shape.row_bytes <= SMALL_RECORD_BYTES
+                how[kind].append(
+                    decode if decode != "auto" else "process" if small and not cache else "thread"
+                )
+        return how
 
     streams = device_streams(
         path,
@@ -86,6 +119,7 @@ def _archive_sources(
         prefetch=prefetch,
         devices=device_ids,
         batch_bytes=BATCH_BYTES,
+        decode=plan,
     )
     sources = {}
     for kind in mode.kinds:
@@ -94,9 +128,7 @@ def _archive_sources(
             continue
         sources[kind] = []
         for d, it in enumerate(streams[kind]):
-            cache = it.epoch_bytes <= budget[0]
-            if cache:
-                budget[0] -= it.epoch_bytes
+            cache = cached[kind, d]
             sources[kind].append(
                 StreamSource(
                     it,
@@ -142,6 +174,7 @@ class _Streaming:
         prefetch=None,
         cache=None,
         processes=None,
+        decode="auto",
     ):
         """Stream training (and, if present and ``validation``, validation) data from
         the archive at ``path`` (local path or URL), laid out over ``devices``
@@ -153,6 +186,12 @@ class _Streaming:
         in memory after its first epoch and no longer read; the others are streamed
         every pass. None (default): 25 % of MemAvailable; 0 or False: off; True:
         no limit. The two-pass order check applies to cached epochs unchanged.
+
+        decode: where streamed records are decoded. ``"auto"`` (default): small records
+        (up to ``SMALL_RECORD_BYTES`` decoded) that are read every epoch in a reader
+        process, so that their decoding does not hold this process's interpreter lock
+        (:mod:`writers.stream_worker`), everything else in reader threads;
+        ``"thread"`` or ``"process"``: all of them.
 
         processes: a multi-process fit (:class:`imnn_stream.distributed.Processes`,
         default: ``jax.process_count() > 1`` after ``jax.distributed.initialize``):
@@ -188,7 +227,7 @@ class _Streaming:
         n, ids = self.processes.layout(m, len(self.devices))
         budget = [cache_budget(cache)]
         args = (mode, n, self.n_per_device, prefetch, self.n_d, self.n_params, budget, ids)
-        args += (device_places(self.devices),)
+        args += (device_places(self.devices), decode)
         train, self._streams = _archive_sources(path, "train", *args)
         val, val_streams = (None, {})
         if validation and "validation" in m.splits:

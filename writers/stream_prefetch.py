@@ -59,13 +59,11 @@ def default_prefetch(n_per_device: int, epoch: int, row_bytes: int) -> int:
     return int(max(2, min(batches, PREFETCH_BYTES // max(n_per_device * row_bytes, 1))))
 
 
-class DeviceStream:
-    """Infinite iterator of batches for one device (see module docstring).
-
-    Reads ahead in a daemon thread; call :meth:`close` (or let it be garbage
-    collected) to stop the thread.  Errors in the reader (corrupt file,
-    missing file) are raised from ``next()``.
-    """
+class StreamShape:
+    """What a per-device stream hands out, known before it reads anything: records per
+    batch and per epoch, the decoded bytes of an epoch, the read-ahead depth and the
+    batch layout ``[(key, dtype, row shape)]``.  :class:`DeviceStream` (a reader thread)
+    and :class:`writers.stream_worker.ProcessStream` (a reader process) are both one."""
 
     def __init__(
         self,
@@ -78,17 +76,35 @@ class DeviceStream:
     ):
         if n_per_device < 1:
             raise ValueError(f"n_per_device must be >= 1, got {n_per_device}")
+        self.sources, self.dtype = sources, np.dtype(dtype)
         self.n_per_device, self.epoch = n_per_device, epoch
-        row = _row_bytes(sources, np.dtype(dtype))
+        #: decoded bytes of one record (every batch key once)
+        self.row_bytes = _row_bytes(sources, self.dtype)
         #: decoded bytes of one epoch (what keeping it in memory costs)
-        self.epoch_bytes = epoch * row
+        self.epoch_bytes = epoch * self.row_bytes
         #: records per batch (:func:`batch_records`) and batches per epoch
-        self.batch_records = batch_records(n_per_device, epoch, row, batch_bytes)
+        self.batch_records = batch_records(n_per_device, epoch, self.row_bytes, batch_bytes)
         self.batches_per_epoch = -(-epoch // self.batch_records)
         if prefetch is None:
-            prefetch = default_prefetch(self.batch_records, epoch, row)
+            prefetch = default_prefetch(self.batch_records, epoch, self.row_bytes)
         #: batches read ahead: the queue's bound
         self.prefetch = max(1, int(prefetch))
+        self.layout = batch_layout(sources, self.dtype)
+
+
+class DeviceStream(StreamShape):
+    """Infinite iterator of batches for one device (see module docstring).
+
+    Reads ahead in a daemon thread; call :meth:`close` (or let it be garbage
+    collected) to stop the thread.  Errors in the reader (corrupt file,
+    missing file) are raised from ``next()``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and isinstance(args[0], StreamShape):
+            self.__dict__.update(args[0].__dict__)  # a planned stream (streams.plan_streams)
+        else:
+            super().__init__(*args, **kwargs)
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -97,10 +113,10 @@ class DeviceStream:
             # consumer holds and the engine's groups in flight (2); more are allocated
             # (and freed as usual) when a consumer keeps batches longer
             args=(
-                sources,
+                self.sources,
                 self.batch_records,
-                epoch,
-                dtype,
+                self.epoch,
+                self.dtype,
                 self._queue,
                 self._stop,
                 self.prefetch + POOL_SLACK,

@@ -35,20 +35,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 
-from . import fs
 from .allocator import bound_allocator
-from .errors import ArchiveError, LayoutError
-from .layout import MANIFEST_NAME, KindInfo, device_seeds
 from .manifest import Manifest, read_manifest
-from .schema import RecordSpec
-from .stream_decode import Source, record_fields
-from .stream_plan import Segment, epoch_records, seed_segments, segments, stream_kinds
+from .stream_plan import Segment, epoch_records, plan_streams, segments, stream_kinds
 from .stream_prefetch import DeviceStream
 
 __all__ = [
     "device_streams",
+    "plan_streams",
     "close_all",
     "epoch_records",
     "segments",
@@ -68,7 +63,8 @@ def device_streams(
     check_crc: bool = True,
     devices: Optional[list[int]] = None,
     batch_bytes: Optional[int] = None,
-) -> dict[str, list[DeviceStream]]:
+    decode="thread",
+) -> dict[str, list]:
     """Per-kind lists of per-device batch iterators (see module docstring).
 
     ``batch_bytes``: batches hold the largest whole multiple of ``n_per_device``
@@ -80,6 +76,12 @@ def device_streams(
     in that order (default all): a process of a multi-process fit reads its own
     devices' seed blocks and nothing else.
 
+    ``decode``: where each stream's records are read and decoded: ``"thread"`` (a
+    reader thread in this process, :class:`DeviceStream`), ``"process"`` (one reader
+    process for all such streams, :class:`writers.stream_worker.ProcessStream`: small
+    records, whose decoding would hold this process's GIL), or a function of the
+    :func:`plan_streams` dict returning the same dict of ``"thread"``/``"process"``.
+
     Raises :class:`LayoutError` when ``n_devices`` does not divide a kind's
     seed count.  Bounds glibc's allocator first (:mod:`writers.allocator`:
     without it the batch buffers fragment the heaps and memory grows with the
@@ -87,74 +89,37 @@ def device_streams(
     """
     bound_allocator()
     m = manifest if manifest is not None else read_manifest(root)
-    if split not in m.layout:
-        raise ArchiveError(
-            f"no split {split!r} in the archive (has {list(m.layout)})",
-            fs.join(root, MANIFEST_NAME),
-        )
-    dtype = np.dtype(m.dtype).newbyteorder("<")
-    legacy_gradient = m.record_format == "imnn-0.3" and m.mode == "gradient"
-    out = {}
-    for kind in stream_kinds(m):
-        streams = []
-        for d in range(n_devices) if devices is None else devices:
-            if legacy_gradient:
-                sources, epoch = _legacy_gradient_sources(
-                    root, m, split, kind, n_devices, d, check_crc
-                )
-            else:
-                sources = [
-                    Source(
-                        root,
-                        segments(m, split, kind, n_devices, d),
-                        m.kind_info(split, kind),
-                        record_fields(m.record_spec(split, kind)),
-                        check_crc,
-                    )
-                ]
-                epoch = epoch_records(m, split, kind, n_devices)
-            streams.append(DeviceStream(sources, n_per_device, epoch, dtype, prefetch, batch_bytes))
-        out[kind] = streams
-    return out
-
-
-def _legacy_gradient_sources(
-    root, m: Manifest, split: str, kind: str, n_devices: int, device: int, check_crc: bool
-) -> tuple[list[Source], int]:
-    """Sources and epoch length of one device of an adopted reference archive
-    in gradient mode: ``main`` = fiducial seeds 0..n_d-1 zipped (by seed) with
-    the derivative files, whose ``data`` is dsim/dθ; ``remaining`` = the other
-    fiducial seeds."""
-    sub = KindInfo(
-        kind, 0 if kind == "main" else m.n_d, m.n_d if kind == "main" else m.n_s - m.n_d, 1
+    plan = plan_streams(
+        root, split, n_devices, n_per_device, prefetch, m, check_crc, devices, batch_bytes
     )
-    spec = RecordSpec(tuple(m.input_shape), m.dtype, m.n_params)
-    try:
-        a, b = device_seeds(sub, n_devices, device)
-    except LayoutError as e:
-        raise LayoutError(
-            f"cannot split split {split!r} between {n_devices} devices: {e.detail}", MANIFEST_NAME
-        ) from None
-    sources = [
-        Source(
-            root,
-            seed_segments(m, split, "fiducial", a, b),
-            m.kind_info(split, "fiducial"),
-            record_fields(spec),
-            check_crc,
+    how = decode(plan) if callable(decode) else {k: [decode] * len(v) for k, v in plan.items()}
+    out = {kind: [None] * len(shapes) for kind, shapes in plan.items()}
+    remote = []
+    for kind, shapes in plan.items():
+        for i, shape in enumerate(shapes):
+            if how[kind][i] == "process":
+                remote.append((kind, i, shape))
+            elif how[kind][i] == "thread":
+                out[kind][i] = DeviceStream(shape)
+            else:
+                raise ValueError(f"decode must be 'thread' or 'process', got {how[kind][i]!r}")
+    if remote:
+        from .stream_worker import start
+
+        config = dict(
+            root=root,
+            split=split,
+            n_devices=n_devices,
+            n_per_device=n_per_device,
+            prefetch=prefetch,
+            manifest=m.to_json(),
+            check_crc=check_crc,
+            devices=devices,
+            batch_bytes=batch_bytes,
         )
-    ]
-    if kind == "main":
-        sources.append(
-            Source(
-                root,
-                seed_segments(m, split, "derivative", a, b),
-                m.kind_info(split, "derivative"),
-                [("seed", "seed", "int", ()), ("data", "gradient", "bytes", spec.gradient_shape)],
-                check_crc,
-            )
-        )
-    return sources, b - a
+        for (kind, i, _), stream in zip(remote, start(config, remote)):
+            out[kind][i] = stream
+    return out
 
 
 def close_all(streams: dict) -> None:

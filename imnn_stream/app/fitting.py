@@ -126,6 +126,14 @@ class FitConfig:
         "MemAvailable)",
         type=_int_at_least(0),
     )
+    decode: str = _opt(
+        "--decode",
+        "where streamed records are decoded: auto (default) decodes small records read "
+        "every pass in a reader process, off this process's interpreter lock, and the "
+        "rest in reader threads; thread or process for all of them",
+        "auto",
+        choices=("auto", "thread", "process"),
+    )
     max_iterations: int = _opt("--max-iterations", "iteration limit", 2000, type=_int_at_least(1))
     patience: int = _opt(
         "--patience",
@@ -398,6 +406,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
         n_per_device=c.n_per_device,
         n_summaries=n_summaries,
         cache=None if c.cache_mib is None else c.cache_mib << 20,
+        decode=c.decode,
     )
     imnn.identity = dict(fit_identity(archive, c), **imnn.processes.identity())
     if imnn.processes.count > 1:
