@@ -267,7 +267,9 @@ class AggregatedSimulatorIMNN(_Aggregated, SimulatorIMNN):
 
     def _strategy_for(self, mode):
         _aggregation(self, *self._agg, mode.counts)
-        make = simulator_sources(mode, len(self.devices), self.n_per_device)
+        make = simulator_sources(
+            mode, len(self.devices), self.n_per_device, places=device_places(self.devices)
+        )
         return TwoPassStrategy(mode, self.host, self.devices, make, make)
 
 

@@ -1,14 +1,18 @@
 """Both passes of a two-pass iteration over data already held on the devices.
 
 When every training batch is already on its device (a cached epoch kept on a CPU
-device: ``StreamSource``'s ``place``), nothing is read and nothing is transferred:
+device: ``StreamSource``'s ``place``; in-memory data copied onto the devices:
+``ArraySource``'s ``place``; an iteration's simulator keys, the simulations being
+run inside the calls: ``strategies.simulator_sources``), nothing is read and
+nothing is transferred:
 what is left of the two-pass cost is the compute and the number of calls. Here each
 device runs
 
 * pass 1 as **one** call over all its groups of every kind (not one per group; up
   to ``MAX_JOINT`` groups and ``group_bytes`` of input a call), and keeps the
-  network's VJP residuals (its activations) on the device when they fit
-  ``residual_bytes``: pass 2 is then the backward half only, not a second forward;
+  network's VJP residuals (its activations) on the device for as many calls as fit
+  ``residual_bytes``: pass 2 of those is then the backward half only, not a second
+  forward;
 * pass 2 as one call: the VJP of all its groups with their cotangent rows.
 
 Measured on the toy problem (issue 10, 2 CPU devices): the compute floor of an
@@ -122,14 +126,23 @@ def warm(engine, w, sources, validation):
 
 
 def _first_pass(engine, w_dev, chunks):
-    """Pass 1 over the chunks: (outputs per chunk, VJPs per chunk or None). The VJPs
-    (their residuals) are kept only when all of them fit ``residual_bytes``."""
+    """Pass 1 over the chunks: (outputs per chunk, VJPs per chunk, None where not
+    kept). The VJPs (their residuals) of the leading chunks are kept while their total
+    fits ``residual_bytes``; pass 2 recomputes the forward of the others."""
     r = engine.resident
-    size = sum(r.residual_size(kinds, w_dev[d], b) for d, kinds, _, b in chunks)
-    if size > r.residual_bytes:
-        return [r.forward(kinds, w_dev[d], b) for d, kinds, _, b in chunks], None
-    out = [r.forward_vjp(kinds, w_dev[d], b) for d, kinds, _, b in chunks]
-    return [o[0] for o in out], [o[1] for o in out]
+    left = r.residual_bytes
+    outs, vjps = [], []
+    for d, kinds, _, b in chunks:
+        size = r.residual_size(kinds, w_dev[d], b)
+        if size <= left:
+            left -= size
+            o, v = r.forward_vjp(kinds, w_dev[d], b)
+        else:
+            left = -1  # in order: a later, smaller chunk does not jump the queue
+            o, v = r.forward(kinds, w_dev[d], b), None
+        outs.append(o)
+        vjps.append(v)
+    return outs, vjps
 
 
 def _second_pass(engine, w_dev, chunks, vjps, cots):
@@ -139,7 +152,7 @@ def _second_pass(engine, w_dev, chunks, vjps, cots):
     acc = {d: engine._zeros(w_dev[d]) for d in sorted({c[0] for c in chunks})}
     for i, ((d, kinds, _, b), c) in enumerate(zip(chunks, cots)):
         c = jax.device_put(c, engine.devices[d])
-        if vjps is not None:
+        if vjps[i] is not None:
             acc[d] = r.apply(vjps[i], c, acc[d])
             vjps[i] = None  # its residuals are freed as soon as it has run
         else:

@@ -134,8 +134,12 @@ def array_sources(
     return out
 
 
-def simulator_sources(mode, n_devices: int, n_per_device: int):
-    """key -> per-device sources of fresh simulator keys (simulator mode)."""
+def simulator_sources(mode, n_devices: int, n_per_device: int, places=None):
+    """key -> per-device sources of fresh simulator keys (simulator mode); with
+    ``places`` (per device, ``sources.device_places``) each iteration's keys are put on
+    their devices, so that the engine runs its joint resident passes
+    (:mod:`imnn_stream.resident`: simulate and forward in one call per device, pass 2
+    from the kept residuals instead of simulating again)."""
     n_d = mode.counts["main"]
     n_s = n_d + mode.counts["remaining"]
 
@@ -143,6 +147,6 @@ def simulator_sources(mode, n_devices: int, n_per_device: int):
         keys = jax.device_get(simulator_keys(key, n_s, n_d))
         # one n_per_device of keys a batch: a key's batch is simulations to run, not bytes
         # to read, and the network sees no more than n_per_device of them at a time
-        return array_sources(keys, mode, n_devices, n_per_device, batch_bytes=None)
+        return array_sources(keys, mode, n_devices, n_per_device, batch_bytes=None, places=places)
 
     return make

@@ -126,13 +126,14 @@ def test_cache_mib_option():
         p.parse_args(["--cache-mib", "-1"])
 
 
-@pytest.mark.parametrize("residual_bytes", [0, 1 << 30])
+@pytest.mark.parametrize("residual_bytes", [0, 16 << 10, 1 << 30])
 def test_resident_epochs_in_chunks_match_the_streamed_gradient(
     archives, cpu_devices, monkeypatch, residual_bytes
 ):
     """Cached epochs kept on the CPU devices go through joint calls of at most
     MAX_JOINT groups, with pass-1 residuals kept (budget) or pass 2 recomputing the
-    forward (no budget): the same gradient as reading every pass."""
+    forward (no budget), or both (the residuals of the leading chunks within a budget
+    that does not hold them all): the same gradient as reading every pass."""
     import imnn_stream.resident as resident
     import imnn_stream.twopass as twopass
 
@@ -145,6 +146,15 @@ def test_resident_epochs_in_chunks_match_the_streamed_gradient(
         "resident_iteration",
         lambda *a: calls.append(len(resident._chunks(a[0], "probe", a[2]))) or original(*a),
     )
+    kept = []  # per first pass: which chunks kept their residuals
+    first_pass = resident._first_pass
+
+    def recording(*a):
+        outs, vjps = first_pass(*a)
+        kept.append([v is not None for v in vjps])
+        return outs, vjps
+
+    monkeypatch.setattr(resident, "_first_pass", recording)
     devices = cpu_devices[:2]
     streamed, cached = (trainer(archives, "numerical", devices, c) for c in (0, True))
     cached._strategy.engine.residual_bytes = residual_bytes
@@ -159,6 +169,10 @@ def test_resident_epochs_in_chunks_match_the_streamed_gradient(
                 np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * scale)
             np.testing.assert_allclose(st_c["detF"], st_s["detF"], rtol=1e-5)
         assert len(calls) == 2 and calls[0] > 2 * len(devices)  # chunks of ≤ 2 groups
+        expected = {0: {False}, 16 << 10: {True, False}, 1 << 30: {True}}[residual_bytes]
+        assert kept and all(set(k) == expected for k in kept), kept
+        # the chunks that keep their residuals are the leading ones (pass-1 order)
+        assert all(k == sorted(k, reverse=True) for k in kept)
     finally:
         streamed.close()
         cached.close()
