@@ -20,6 +20,8 @@ records at a time of:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .classes import _aggregation, _δθ
@@ -105,7 +107,8 @@ def _archive_sources(
                 cached[kind, d] = cache = shape.epoch_bytes <= budget[0]
                 if cache:
                     budget[0] -= shape.epoch_bytes
-                small = shape.row_bytes <= SMALL_RECORD_BYTES
+                # reader processes take POSIX pipes (os.pipe passed to the child)
+                small = shape.row_bytes <= SMALL_RECORD_BYTES and os.name == "posix"
                 how[kind].append(
                     decode if decode != "auto" else "process" if small and not cache else "thread"
                 )

@@ -41,6 +41,11 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no reader processes (decode="auto" picks threads)
+    fcntl = None
+
 from . import errors
 from .buffer_pool import BatchPool
 from .stream_prefetch import POOL_SLACK, StreamShape
@@ -150,6 +155,27 @@ class ProcessStream(StreamShape):
         self._pool.clear()
 
 
+#: kernel buffer asked for each stream's pipe: a whole batch of small records (the
+#: trainers' batches are at most ``sources.BATCH_BYTES``, 1 MiB) then waits in the pipe
+#: and the trainer's receive is a copy. With the default 64 KiB the child could only
+#: write a batch while the trainer read it (toy: 8.6 ms an iteration waiting on it)
+PIPE_BYTES = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Ask for :data:`PIPE_BYTES` of pipe buffer (Linux; capped by
+    ``/proc/sys/fs/pipe-max-size``; elsewhere, or if refused, the default stays)."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if setsize is None:
+        return
+    for size in (PIPE_BYTES, PIPE_BYTES // 4):
+        try:
+            fcntl.fcntl(fd, setsize, size)
+            return
+        except OSError:
+            continue
+
+
 def start(config: dict, shapes: list[tuple[str, int, StreamShape]]) -> list[ProcessStream]:
     """One reader process serving the streams ``shapes`` = ``[(kind, position in the
     plan's list of that kind, shape)]`` (:func:`writers.streams.plan_streams`); ``config``: :func:`writers.streams.device_streams`'s
@@ -157,6 +183,7 @@ def start(config: dict, shapes: list[tuple[str, int, StreamShape]]) -> list[Proc
     streams, ends, wanted = [], [], []
     for kind, d, shape in shapes:
         r, w = os.pipe()
+        _widen(w)
         streams.append((ProcessStream(shape), Connection(r, writable=False)))
         ends.append(w)
         wanted.append([kind, d, w])
