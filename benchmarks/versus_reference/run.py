@@ -5,12 +5,13 @@ From the repository root:
     .venv/bin/python -m benchmarks.versus_reference [--quick] [--repeats 3] [--iterations 10]
                      [--memory-iterations 100] [--field-memory-iterations 20]
                      [--large-iterations 3] [--configs toy,field,large] [--classes all]
-                     [--no-agreement] [--fresh] [--cached-only]
+                     [--no-agreement] [--fresh] [--fresh-side ours] [--cached-only]
 
 Every measurement is cached (``~/.cache/imnn_stream/versus_reference/runs``, keyed by
 side, task and round), so a run can be split: e.g. ``--configs toy,field`` in one
 session, ``--configs large`` in the next, then the whole table with the same options
-and ``--cached-only``. Move the folder aside (or ``--fresh``) after changing the code.
+and ``--cached-only``. After changing our code, ``--fresh-side ours`` re-measures our
+side and keeps the reference's cached rounds (``--fresh``: both sides).
 
 The reference needs an old stack (Python 3.9, jax 0.4.13, TensorFlow 2.13): it is
 installed once into its own virtualenv, ``~/.cache/imnn_stream/refvenv`` (override with
@@ -242,6 +243,13 @@ def parse_args(argv=None):
         action="store_true",
         help="ignore measurements cached in ~/.cache/imnn_stream/versus_reference/runs",
     )
+    p.add_argument(
+        "--fresh-side",
+        choices=("ours", "ref"),
+        default=None,
+        help="re-measure this side only, the other's cached measurements kept (after a "
+        "change to our code: the reference's seconds-per-iteration runs are the costly ones)",
+    )
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results")
     args = p.parse_args(argv)
     if args.quick:
@@ -272,7 +280,8 @@ def measure(args, pythons, config, cls):
     for r in range(repeats):
         sides = ("ref", "ours") if not any("error" in o for o in runs["ref"]) else ("ours",)
         for side in sides:  # a broken reference class fails alike every time: ours only then
-            out = cached_child(pythons[side], side, task, r, args.fresh, args.cached_only)
+            fresh = args.fresh or args.fresh_side == side
+            out = cached_child(pythons[side], side, task, r, fresh, args.cached_only)
             runs[side].append(out)
             log(f"{config}/{cls} round {r + 1} {side}: {describe(out)}")
     return summarise(config, cls, n_it, npd, runs)
