@@ -12,6 +12,7 @@ from .sources import default_cache_bytes, device_places
 from .modes import gradient_mode, numerical_mode, simulator_mode, split_gradient, split_numerical
 from .strategies import InMemory, TwoPassStrategy, array_sources, simulator_sources
 from .trainer import Trainer
+from .utils import tree_nbytes
 
 __all__ = [
     "SimulatorIMNN",
@@ -76,10 +77,6 @@ def _to_device(batches):
 
 def _to_host(batches):
     return None if batches is None else jax.tree_util.tree_map(np.asarray, batches)
-
-
-def _nbytes(tree) -> int:
-    return sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(tree))
 
 
 def _aggregation(t, host, devices, n_per_device, counts=None):
@@ -218,7 +215,7 @@ class _Aggregated:
         # memory) are copied onto the devices once, as the streaming cache keeps its
         # epochs: no transfer an iteration, and the joint resident passes
         # (imnn_stream.resident); larger data are sliced from host memory every pass
-        size = sum(_nbytes(x) for x in (train, validation))
+        size = sum(tree_nbytes(x) for x in (train, validation))
         places = device_places(self.devices) if size <= default_cache_bytes() else None
         return TwoPassStrategy(
             mode,

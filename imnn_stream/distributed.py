@@ -41,6 +41,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .twopass import TwoPass
+from .utils import tree_nbytes
 
 __all__ = [
     "Processes",
@@ -128,10 +129,6 @@ def _gather(tree):
     return process_allgather(tree)
 
 
-def _nbytes(tree) -> int:
-    return int(sum(np.asarray(a).nbytes for a in jax.tree_util.tree_leaves(tree)))
-
-
 class ProcessTwoPass(TwoPass):
     """:class:`imnn_stream.twopass.TwoPass` across processes (see module docstring).
 
@@ -148,7 +145,7 @@ class ProcessTwoPass(TwoPass):
         )
 
     def _count(self, what, local):
-        n = _nbytes(local)
+        n = tree_nbytes(local)
         self.exchanged[f"{what}_sent"] += n
         self.exchanged[f"{what}_received"] += n * (self.processes.count - 1)
         self.exchanged["calls"] += len(jax.tree_util.tree_leaves(local))

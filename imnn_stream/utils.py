@@ -7,8 +7,9 @@ returns ``(fiducial float(n_s, *input_shape), derivative float(n_s, *input_shape
 from __future__ import annotations
 
 import jax
+import numpy as np
 
-__all__ = ["value_and_jacrev", "value_and_jacfwd"]
+__all__ = ["value_and_jacrev", "value_and_jacfwd", "tree_nbytes"]
 
 
 def _value_and_jac(jac, fun, argnums, has_aux, holomorphic):
@@ -43,3 +44,10 @@ def value_and_jacrev(fun, argnums=0, has_aux=False, holomorphic=False):
 def value_and_jacfwd(fun, argnums=0, has_aux=False, holomorphic=False):
     """Forward-mode twin of :func:`value_and_jacrev` (cheaper when n_params is small)."""
     return _value_and_jac(jax.jacfwd, fun, argnums, has_aux, holomorphic)
+
+
+def tree_nbytes(tree) -> int:
+    """Bytes of a pytree's leaves (NumPy or JAX arrays on any device; other leaves as
+    NumPy makes them)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return int(sum(a.nbytes if hasattr(a, "nbytes") else np.asarray(a).nbytes for a in leaves))
