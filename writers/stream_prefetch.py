@@ -100,11 +100,8 @@ class DeviceStream(StreamShape):
     missing file) are raised from ``next()``.
     """
 
-    def __init__(self, *args, **kwargs):
-        if len(args) == 1 and not kwargs and isinstance(args[0], StreamShape):
-            self.__dict__.update(args[0].__dict__)  # a planned stream (streams.plan_streams)
-        else:
-            super().__init__(*args, **kwargs)
+    def __init__(self, shape: StreamShape):
+        self.__dict__.update(shape.__dict__)  # a planned stream (stream_plan.plan_streams)
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(

@@ -263,12 +263,9 @@ class Reader:
                 i += self._step(batch, i, size - i)
             else:
                 cap = max(size - i, BLOCK_BYTES // self.row_bytes)
+                one = min(self.seg.take - self.done, cap)  # records of this file alone
                 joined = self._small_files(cap)
-                n = (
-                    sum(seg.take for seg in joined)
-                    if joined
-                    else min(self.seg.take - self.done, cap)
-                )
+                n = sum(seg.take for seg in joined) if joined else one
                 block = {}
                 for key in batch:
                     if key in self.keys:
@@ -278,7 +275,7 @@ class Reader:
                             self.block_mem[key] = have
                         block[key] = have[:n]
                 if not (joined and self._decode_joined(block, joined)):
-                    n = min(self.seg.take - self.done, cap)
+                    n = one
                     block = {key: a[:n] for key, a in block.items()}
                     j = 0
                     while j < n:

@@ -9,9 +9,10 @@ problem, 2 devices, every pass read: 32 ms an iteration with threads against
 15 ms for the same batches already in host memory.
 
 One child process (``python -m writers.stream_worker``) serves every stream a
-:func:`start` call is given. It builds them with
-:func:`writers.streams.device_streams` (thread streams, as in the trainer's
-process) and pumps each one's batches into its own pipe. The trainer's side,
+:func:`start` call is given. It plans them again from the same arguments
+(:func:`writers.stream_plan.plan_streams`), runs each as a
+:class:`writers.stream_prefetch.DeviceStream` (a reader thread, as in the trainer's
+process) and pumps its batches into the stream's own pipe. The trainer's side,
 :class:`ProcessStream`, receives each batch array straight into a
 :class:`writers.buffer_pool.BatchPool` buffer (``recv_bytes_into``: the pipe's
 copy is the only one). Per batch, over the stream's pipe:
@@ -178,8 +179,9 @@ def _widen(fd: int) -> None:
 
 def start(config: dict, shapes: list[tuple[str, int, StreamShape]]) -> list[ProcessStream]:
     """One reader process serving the streams ``shapes`` = ``[(kind, position in the
-    plan's list of that kind, shape)]`` (:func:`writers.streams.plan_streams`); ``config``: :func:`writers.streams.device_streams`'s
-    arguments (``manifest`` as its JSON dict). Returns their :class:`ProcessStream`."""
+    plan's list of that kind, shape)]`` (:func:`writers.stream_plan.plan_streams`);
+    ``config``: ``plan_streams``'s arguments (``manifest`` as its JSON dict). Returns
+    their :class:`ProcessStream`."""
     streams, ends, wanted = [], [], []
     for kind, d, shape in shapes:
         r, w = os.pipe()
@@ -224,11 +226,10 @@ def _pump(stream, conn: Connection) -> None:
 
 
 def main() -> None:
-    from .manifest import Manifest
-    from .stream_prefetch import DeviceStream
-    from .stream_plan import plan_streams
-
     from .allocator import bound_allocator
+    from .manifest import Manifest
+    from .stream_plan import plan_streams
+    from .stream_prefetch import DeviceStream
 
     bound_allocator()  # as device_streams does: batch buffers must not fragment the heap
     config = json.loads(sys.stdin.readline())
