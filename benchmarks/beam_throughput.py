@@ -171,6 +171,10 @@ def checksums(root: str) -> dict:
     return {f["path"]: f["sha256"] for f in read_manifest(root).all_files()}
 
 
+class _Done(Exception):
+    """``--only loop``: nothing more to run."""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=64, help="field side (size × size)")
@@ -187,6 +191,12 @@ def main(argv=None) -> int:
         help="let the pipeline use the user's compilation cache (default: a cold one)",
     )
     p.add_argument("--manifest-records", type=int, default=0, help="also time the manifest step")
+    p.add_argument(
+        "--only",
+        choices=("loop", "pipeline"),
+        default=None,
+        help="run one side (e.g. the loop again on a quiet machine); no ratio",
+    )
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     import logging
@@ -216,11 +226,16 @@ def main(argv=None) -> int:
     n_records = job.n_records()
     load_before = os.getloadavg()
     try:
-        loop_root = os.path.join(scratch, "loop")
-        loop_s = plain_loop(loop_root, job)
-        loop_files = checksums(loop_root)
-        if not args.keep:  # the same free disk and page cache for both
-            shutil.rmtree(loop_root)
+        loop_s = loop_files = beam_s = None
+        steady, clock = {}, None
+        if args.only != "pipeline":
+            loop_root = os.path.join(scratch, "loop")
+            loop_s = plain_loop(loop_root, job)
+            loop_files = checksums(loop_root)
+            if not args.keep:  # the same free disk and page cache for both
+                shutil.rmtree(loop_root)
+        if args.only == "loop":
+            raise _Done
         beam_root = os.path.join(scratch, "beam")
         if not args.warm_cache:  # a cold cache: the pipeline pays for one compilation
             os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(scratch, "jax-cache")
@@ -247,13 +262,15 @@ def main(argv=None) -> int:
         if clock.seen:
             steady["first_shard_after_s"] = round(min(clock.seen.values()) - start, 2)
             steady["last_shard_to_return_s"] = round(start + beam_s - max(clock.seen.values()), 2)
-        identical = checksums(beam_root) == loop_files
+        identical = None if loop_files is None else checksums(beam_root) == loop_files
+    except _Done:
+        identical = None
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     mb = n_records * 4 * args.size * args.size / 1e6
     fixed = None
-    if clock.seen:
+    if clock is not None and clock.seen:
         fixed = steady.get("first_shard_after_s", 0) + steady.get("last_shard_to_return_s", 0)
     out = {
         "benchmark": "beam_throughput",
@@ -266,17 +283,21 @@ def main(argv=None) -> int:
         "bytes_per_simulation": 4 * args.size * args.size,
         "cpu_count": os.cpu_count(),
         "beam_workers": args.workers,
-        "loop": {"seconds": round(loop_s, 2), "simulations_per_s": round(n_records / loop_s, 1)},
-        "pipeline": {
+        "loop": None
+        if loop_s is None
+        else {"seconds": round(loop_s, 2), "simulations_per_s": round(n_records / loop_s, 1)},
+        "pipeline": None
+        if beam_s is None
+        else {
             "seconds": round(beam_s, 2),
             "simulations_per_s": round(n_records / beam_s, 1),
             "runner": "FnApiRunner multi_processing",
             **steady,
         },
-        "ratio": round(loop_s / beam_s, 3),
+        "ratio": round(loop_s / beam_s, 3) if loop_s and beam_s else None,
         "data_mb": round(mb, 1),
-        "loop_mb_per_s": round(mb / loop_s, 1),
-        "pipeline_mb_per_s": round(mb / beam_s, 1),
+        "loop_mb_per_s": round(mb / loop_s, 1) if loop_s else None,
+        "pipeline_mb_per_s": round(mb / beam_s, 1) if beam_s else None,
         "fixed_seconds": None if fixed is None else round(fixed, 2),
         "fixed_fraction": None if fixed is None else round(fixed / beam_s, 3),
         "byte_identical_shards": identical,

@@ -29,6 +29,7 @@ __all__ = [
     "ArraySource",
     "StreamSource",
     "IteratorSource",
+    "OrderError",
     "fingerprint",
     "positions_digest",
     "device_blocks",
@@ -36,6 +37,10 @@ __all__ = [
     "cache_budget",
     "default_cache_bytes",
 ]
+
+
+class OrderError(ValueError):
+    """A pass saw different samples, or a different order, than the first pass."""
 
 
 def device_blocks(count: int, n_devices: int, argument: str):
@@ -116,6 +121,9 @@ class ArraySource:
 
     #: the arrays are not written during a fit: a batch is handed on without a copy
     fresh_batches = True
+    #: a batch's positions are its rows' own (pass 2 need not read it again to pair
+    #: cotangents with samples: :mod:`imnn_stream.residuals`)
+    carries_positions = True
 
     def __init__(
         self,
@@ -165,6 +173,8 @@ class StreamSource:
 
     #: every batch is a new array that the reader never writes again (no copy needed)
     fresh_batches = True
+    #: positions are the seed indices the records carry, not their order
+    carries_positions = True
 
     def __init__(
         self,

@@ -32,13 +32,11 @@ from .resident import Resident, resident
 from .resident import dispatch as resident_dispatch
 from .resident import iteration as resident_iteration
 from .resident import warm as resident_warm
+from .residuals import Kept, carries_positions
+from .sources import OrderError
 from .stats import loss_and_stats
 
 __all__ = ["TwoPass", "OrderError"]
-
-
-class OrderError(ValueError):
-    """A pass saw different samples, or a different order, than the first pass."""
 
 
 class TwoPass:
@@ -80,6 +78,7 @@ class TwoPass:
         self._assemble = jax.jit(mode.assemble)
         self._zeros = jax.jit(jnp.zeros_like)
         self._w_placed = (None, None)
+        self._keep_streamed = True
         self._layout = None  # the weights' structure, shapes and dtypes
 
     def _compile(self, w):
@@ -96,6 +95,7 @@ class TwoPass:
             self._fwd[k] = jax.jit(self._forward(fn, self.fuse))
             self._bwd[k] = jax.jit(self._accumulate(fn, self.fuse), donate_argnums=3)
         self.resident = Resident(fns, self.residual_bytes)
+        self._keep_streamed = True  # until a pass's residuals do not fit (residuals.Kept)
 
     def _place_weights(self, w):
         """w on every device as float(n_weights,), placed once for the passes of one
@@ -229,9 +229,11 @@ class TwoPass:
         for d in sorted(pending):
             yield flush(d)
 
-    def _dispatch(self, w, sources, tag):
+    def _dispatch(self, w, sources, tag, kept=None):
         """Pass 1 dispatched (asynchronously) over every group: dict kind -> list of
-        (positions, device outputs); at most ``in_flight`` unfinished groups per device."""
+        (positions, device outputs); at most ``in_flight`` unfinished groups per device.
+        ``kept``: a :class:`imnn_stream.residuals.Kept` that keeps the groups' VJPs
+        for pass 2 where they fit."""
         w_dev = self._place_weights(w)
         if self.fuse and resident(sources):  # joint calls, nothing to transfer or bound
             return resident_dispatch(self, w_dev, sources, tag)
@@ -241,7 +243,10 @@ class TwoPass:
             for d, positions, batch in self._groups(tag, kind, sources[kind]):
                 if not _placed(batch):
                     batch = jax.device_put(batch, self.devices[d])
-                out = self._fwd[kind](w_dev[d], batch)
+                if kept is None:
+                    out = self._fwd[kind](w_dev[d], batch)
+                else:
+                    out = kept.forward(kind, d, w_dev[d], positions, batch)
                 pending[kind].append((positions, out))
                 window[d].append(out)
                 if len(window[d]) > self.in_flight:
@@ -286,10 +291,17 @@ class TwoPass:
         the host computes the loss, and it costs no wait of its own."""
         if self.fuse and resident(sources):
             return resident_iteration(self, w, sources, validation, λ, α)
-        pending = self._dispatch(w, sources, "train")
+        # fused (CPU) groups keep their pass-1 VJPs where the whole pass's fit
+        self._place_weights(w)  # first: a new layout resets what Kept reads
+        kept = Kept(self) if self.fuse else None
+        pending = self._dispatch(w, sources, "train", kept)
         val = None if validation is None else self._dispatch(w, validation, "validation")
         st, cot = self._loss(pending, λ, α)
-        acc = self._pass2(w, sources, cot)
+        if kept is not None and kept.on:  # pass 2 is the backward half only
+            again = None if carries_positions(sources) else sources
+            acc = kept.pass2(self._place_weights(w), cot, again)
+        else:
+            acc = self._pass2(w, sources, cot)
         vst = None if val is None else self._host_stats(self._put(val, "validation"), λ, α)
         g = self._total(acc)
         if self.fuse and resident(sources):  # these passes filled the cache
