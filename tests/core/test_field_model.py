@@ -151,3 +151,53 @@ def test_fit_archive_calibrates_the_field_network_and_the_run_carries_it(tmp_pat
     )  # fmt: skip
     _, summary = fit_archive(archive, config, str(tmp_path / "run2"), progress=False)
     assert summary["input_transform"] == "log"
+
+
+@pytest.mark.parametrize(
+    "shape, channels, kernel, stride",
+    [
+        ((32, 32, 1), 8, 3, 2),
+        ((16, 16, 8), 16, 3, 2),
+        ((33, 17, 3), 4, 3, 2),
+        ((15, 15, 2), 3, 5, 1),
+        ((8, 9, 2), 2, 4, 2),
+        ((7, 7, 1), 2, 2, 3),
+    ],
+)
+def test_im2col_convolution_is_xlas_same_convolution(shape, channels, kernel, stride):
+    # the CNN and the field network's filters use models._conv2d (faster on XLA:CPU)
+    h = jax.random.normal(jax.random.PRNGKey(0), (4,) + shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], channels))
+    ref = jax.lax.conv_general_dilated(
+        h, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    got = models._conv2d(h, w, stride)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=2e-5)
+    # and its gradients (the two-pass VJPs, the chain rule's JVPs)
+    g_ref = jax.grad(
+        lambda v: jnp.sum(
+            jnp.sin(
+                jax.lax.conv_general_dilated(
+                    h, v, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+            )
+        )
+    )(w)
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(models._conv2d(h, v, stride))))(w)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
+    # the chain rule's: a JVP in the input, then the gradient in the weights
+    dh = jax.random.normal(jax.random.PRNGKey(2), h.shape)
+
+    def chain(conv):
+        return jax.grad(lambda v: jnp.sum(jnp.sin(jax.jvp(lambda x: conv(x, v), (h,), (dh,))[1])))(
+            w
+        )
+
+    xla = chain(
+        lambda x, v: jax.lax.conv_general_dilated(
+            x, v, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
+    ours = chain(lambda x, v: models._conv2d(x, v, stride))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(xla), rtol=1e-4, atol=1e-4)
