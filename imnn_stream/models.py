@@ -102,7 +102,13 @@ def _input_ndim(x, n_in):
     raise ValueError(f"input of shape {x.shape} does not end in {n_in} values")
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+#: most k·k·C (patch features) for which :func:`_conv2d` uses im2col: XLA:CPU's
+#: convolution is slow for few input channels and fast for many (measured, issue 10:
+#: the field CNN's 3×3×1 and 3×3×8 layers gained 24 % with im2col, the large CNN's
+#: 3×3×32 layer lost 74 %)
+IM2COL_MAX_FEATURES = 72
+
+
 def _conv2d(h, W, stride: int):
     """ "SAME" convolution of h float(n, H, W, C) with W float(k, k, C, c), the given
     stride in both axes -> float(n, ceil(H/stride), ceil(W/stride), c), as
@@ -117,8 +123,24 @@ def _conv2d(h, W, stride: int):
     s/iteration (XLA's convolution transposes are the slow part) but the chain-rule
     fit from 0.097 to 0.105 (im2col of the input tangents); with XLA's convolution for
     every input tangent, neither gained. Outputs agree with XLA's convolution to 4e-7
-    (tests/core/test_field_model.py).
+    (tests/core/test_field_model.py). Layers with more than ``IM2COL_MAX_FEATURES``
+    patch features use XLA's convolution throughout.
     """
+    k, _, C, _ = W.shape
+    if k * k * C > IM2COL_MAX_FEATURES:
+        return _xla_conv(h, W, stride)
+    return _im2col(h, W, stride)
+
+
+def _xla_conv(h, W, stride: int):
+    return jax.lax.conv_general_dilated(
+        h, W, (stride,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _im2col(h, W, stride: int):
+    """:func:`_conv2d` with im2col (a custom JVP: see there)."""
     return _im2col_conv(h, W, stride)
 
 
@@ -128,9 +150,7 @@ def _conv2d_jvp(stride, primals, tangents):
     out = _im2col_conv(h, W, stride)
     if isinstance(dW, SymbolicZero):
         # the input alone (the chain rule's JVP of dsim/dθ): XLA's convolution
-        t = jax.lax.conv_general_dilated(
-            dh, W, (stride,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        t = _xla_conv(dh, W, stride)
     else:
         # the weights (and the input through earlier layers' weights): a VJP in the
         # weights follows, and the transposes of im2col are the fast ones on XLA:CPU
@@ -140,7 +160,7 @@ def _conv2d_jvp(stride, primals, tangents):
     return out, t
 
 
-_conv2d.defjvp(_conv2d_jvp, symbolic_zeros=True)
+_im2col.defjvp(_conv2d_jvp, symbolic_zeros=True)
 
 
 def _im2col_conv(h, W, stride: int):

@@ -165,13 +165,13 @@ def test_fit_archive_calibrates_the_field_network_and_the_run_carries_it(tmp_pat
     ],
 )
 def test_im2col_convolution_is_xlas_same_convolution(shape, channels, kernel, stride):
-    # the CNN and the field network's filters use models._conv2d (faster on XLA:CPU)
+    # models._conv2d uses it for layers of few input channels (faster on XLA:CPU)
     h = jax.random.normal(jax.random.PRNGKey(0), (4,) + shape)
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], channels))
     ref = jax.lax.conv_general_dilated(
         h, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    got = models._conv2d(h, w, stride)
+    got = models._im2col(h, w, stride)
     assert got.shape == ref.shape
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=2e-5)
     # and its gradients (the two-pass VJPs, the chain rule's JVPs)
@@ -184,7 +184,7 @@ def test_im2col_convolution_is_xlas_same_convolution(shape, channels, kernel, st
             )
         )
     )(w)
-    g = jax.grad(lambda v: jnp.sum(jnp.sin(models._conv2d(h, v, stride))))(w)
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(models._im2col(h, v, stride))))(w)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
     # the chain rule's: a JVP in the input, then the gradient in the weights
     dh = jax.random.normal(jax.random.PRNGKey(2), h.shape)
@@ -199,5 +199,5 @@ def test_im2col_convolution_is_xlas_same_convolution(shape, channels, kernel, st
             x, v, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
     )
-    ours = chain(lambda x, v: models._conv2d(x, v, stride))
+    ours = chain(lambda x, v: models._im2col(x, v, stride))
     np.testing.assert_allclose(np.asarray(ours), np.asarray(xla), rtol=1e-4, atol=1e-4)

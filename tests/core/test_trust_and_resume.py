@@ -16,6 +16,7 @@ import imnn_stream as im
 from imnn_stream import models
 from imnn_stream.checkpoint import PickleRefusedError
 from ..toy_problem import DELTA_THETA, THETA_FID, toy_data
+from ..writers.test_writers_cloud import gcs, s3  # noqa: F401  (bucket fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +214,21 @@ def test_set_F_statistics_makes_w_the_current_weights(data):
     by_hand = THETA_FID + (np.linalg.inv(F) @ dmu.T @ np.linalg.inv(C) @ (xd - mu).T).T
     np.testing.assert_allclose(t.F, F, rtol=2e-3)
     np.testing.assert_allclose(t.get_estimate(target), by_hand, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("bucket", ["gcs", "s3"])
+def test_save_and_load_through_a_bucket(data, bucket, request):
+    # save files go through writers.fs like archives: one upload to gs:// and s3://
+    # (loopback emulators), read back with no local copy
+    root = request.getfixturevalue(bucket)
+    root = root if isinstance(root, str) else root[0]
+    t = small(data)
+    t.fit(10.0, 0.1, max_iterations=2, min_iterations=0)
+    url = f"{root}/runs/imnn-{bucket}.npz"
+    assert t.save(url) == url
+    other = small(data, key=5)
+    other.load(url)
+    assert same_tree(other.w, t.w) and same_tree(other.state, t.state)
+    np.testing.assert_array_equal(other.history["detF"], t.history["detF"])
+    with pytest.raises(FileNotFoundError):
+        other.load(f"{root}/runs/absent.npz")
