@@ -171,8 +171,38 @@ def checksums(root: str) -> dict:
     return {f["path"]: f["sha256"] for f in read_manifest(root).all_files()}
 
 
-class _Done(Exception):
-    """``--only loop``: nothing more to run."""
+def timed_pipeline(beam_root, scratch, job, args, theta, delta, n_d):
+    """Run the Beam pipeline into ``beam_root``, end to end (Beam's import and
+    start-up included); returns (seconds, the ShardClock's steady-state figures with
+    the times to the first shard and after the last)."""
+    from beam_jobs import run_generation
+
+    if not args.warm_cache:  # a cold cache: the pipeline pays for one compilation
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(scratch, "jax-cache")
+    clock = ShardClock(beam_root, {sp.path: sp.n_records for sp in job.plan()})
+    start = time.perf_counter()
+    run_generation(
+        beam_root,
+        "grf",
+        theta,
+        delta if args.mode == "numerical" else None,
+        args.n_s,
+        n_d,
+        1,
+        args.mode,
+        records_per_shard=args.records_per_shard,
+        seeds={"train": 0},
+        simulator_config={"size": args.size},
+        batch_size=args.batch_size,
+        progress=False,
+        beam_args=[f"--direct_num_workers={args.workers}"],
+    )
+    seconds = time.perf_counter() - start
+    steady = clock.stop()
+    if clock.seen:
+        steady["first_shard_after_s"] = round(min(clock.seen.values()) - start, 2)
+        steady["last_shard_to_return_s"] = round(start + seconds - max(clock.seen.values()), 2)
+    return seconds, steady
 
 
 def main(argv=None) -> int:
@@ -203,7 +233,6 @@ def main(argv=None) -> int:
 
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # worker start-up chatter
 
-    from beam_jobs import run_generation
     from beam_jobs.job import make_job
 
     scratch = tempfile.mkdtemp(prefix="beam-throughput-", dir=args.dir)
@@ -227,51 +256,26 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     try:
         loop_s = loop_files = beam_s = None
-        steady, clock = {}, None
+        steady = {}
         if args.only != "pipeline":
             loop_root = os.path.join(scratch, "loop")
             loop_s = plain_loop(loop_root, job)
             loop_files = checksums(loop_root)
             if not args.keep:  # the same free disk and page cache for both
                 shutil.rmtree(loop_root)
-        if args.only == "loop":
-            raise _Done
-        beam_root = os.path.join(scratch, "beam")
-        if not args.warm_cache:  # a cold cache: the pipeline pays for one compilation
-            os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(scratch, "jax-cache")
-        clock = ShardClock(beam_root, {sp.path: sp.n_records for sp in job.plan()})
-        start = time.perf_counter()  # end to end, Beam's import and start-up included
-        run_generation(
-            beam_root,
-            "grf",
-            theta,
-            delta if args.mode == "numerical" else None,
-            args.n_s,
-            n_d,
-            1,
-            args.mode,
-            records_per_shard=args.records_per_shard,
-            seeds={"train": 0},
-            simulator_config={"size": args.size},
-            batch_size=args.batch_size,
-            progress=False,
-            beam_args=[f"--direct_num_workers={args.workers}"],
-        )
-        beam_s = time.perf_counter() - start
-        steady = clock.stop()
-        if clock.seen:
-            steady["first_shard_after_s"] = round(min(clock.seen.values()) - start, 2)
-            steady["last_shard_to_return_s"] = round(start + beam_s - max(clock.seen.values()), 2)
-        identical = None if loop_files is None else checksums(beam_root) == loop_files
-    except _Done:
         identical = None
+        if args.only != "loop":
+            beam_root = os.path.join(scratch, "beam")
+            beam_s, steady = timed_pipeline(beam_root, scratch, job, args, theta, delta, n_d)
+            if loop_files is not None:
+                identical = checksums(beam_root) == loop_files
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     mb = n_records * 4 * args.size * args.size / 1e6
     fixed = None
-    if clock is not None and clock.seen:
-        fixed = steady.get("first_shard_after_s", 0) + steady.get("last_shard_to_return_s", 0)
+    if steady.get("first_shard_after_s") is not None:
+        fixed = steady["first_shard_after_s"] + steady["last_shard_to_return_s"]
     out = {
         "benchmark": "beam_throughput",
         "simulator": f"gaussian_random_field({args.size})",

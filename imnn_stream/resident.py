@@ -28,14 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .sources import every_source
+
 __all__ = ["Resident", "resident", "iteration", "dispatch", "warm"]
 
 
 def resident(sources) -> bool:
     """Whether every source of every kind (dict kind -> per-device list) hands out
     batches already on its device."""
-    every = [s for per in sources.values() for s in per]
-    return bool(every) and all(getattr(s, "resident", False) for s in every)
+    return every_source(sources, "resident")
 
 
 class Resident:

@@ -27,9 +27,11 @@ has not fit, later passes (same weights' layout) do not try. What this holds is 
 
 from __future__ import annotations
 
+from itertools import zip_longest
+
 import jax
 
-from .sources import OrderError
+from .sources import OrderError, every_source
 
 __all__ = ["Kept", "carries_positions"]
 
@@ -37,8 +39,7 @@ __all__ = ["Kept", "carries_positions"]
 def carries_positions(sources) -> bool:
     """Whether every source (dict kind -> per-device list) hands out batches whose
     positions are their records' own (``carries_positions``), not their order."""
-    every = [s for per in sources.values() for s in per]
-    return bool(every) and all(getattr(s, "carries_positions", False) for s in every)
+    return every_source(sources, "carries_positions")
 
 
 class Kept:
@@ -94,35 +95,32 @@ class Kept:
         e = self.engine
         acc = [e._zeros(wd) for wd in w_dev]
         items, self.items = self.items, []
-        groups = None if sources is None else _groups(e, sources)
-        for i, (d, kind, positions, vjp) in enumerate(items):
+        read = [None] * len(items) if sources is None else _groups(e, sources)
+        for i, (item, group) in enumerate(zip_longest(items, read)):
+            if sources is not None:
+                _check_same(item, group)
+            d, kind, positions, vjp = item
             items[i] = None  # its residuals are freed as soon as it has run
-            if groups is None:
-                if e.on_group is not None:
-                    e.on_group("train", kind, len(positions))
-            else:
-                _match(next(groups, None), d, kind, positions)
+            if sources is None and e.on_group is not None:  # no read reports it
+                e.on_group("train", kind, len(positions))
             c = jax.tree_util.tree_map(lambda a: a[positions], cot[kind])
             acc[d] = e.resident.apply(vjp, (jax.device_put(c, e.devices[d]),), acc[d])
-        if groups is not None:
-            _match(next(groups, None), None, None, None)
         return acc
 
 
 def _groups(engine, sources):
+    """(device, kind, positions) of every training group read again, pass 1's order."""
     for kind in engine.mode.kinds:
         for d, positions, _ in engine._groups("train", kind, sources[kind]):
             yield d, kind, positions
 
 
-def _match(group, d, kind, positions):
+def _check_same(item, group):
     """The group read in pass 2 is the one pass 1 kept (the order check has already
     compared its samples with the first pass's; this catches a pass of another length)."""
-    if group is None and d is None:
-        return
-    if group is None or d is None or group[:2] != (d, kind) or len(group[2]) != len(positions):
+    if item is None or group is None or item[:2] != group[:2] or len(item[2]) != len(group[2]):
+        kind = (item or group)[1]
         raise OrderError(
-            f"train data, kind '{kind if kind is not None else group[1]}': pass 2 read "
-            "a different number of batches than pass 1 — is the iterator of the wrong "
-            "epoch length?"
+            f"train data, kind '{kind}': pass 2 read a different number of batches than "
+            "pass 1 — is the iterator of the wrong epoch length?"
         )

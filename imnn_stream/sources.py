@@ -30,6 +30,7 @@ __all__ = [
     "StreamSource",
     "IteratorSource",
     "OrderError",
+    "every_source",
     "fingerprint",
     "positions_digest",
     "device_blocks",
@@ -41,6 +42,13 @@ __all__ = [
 
 class OrderError(ValueError):
     """A pass saw different samples, or a different order, than the first pass."""
+
+
+def every_source(sources, attribute: str) -> bool:
+    """Whether there are sources (dict kind -> per-device list) and every one has
+    ``attribute`` true (e.g. ``resident``, ``carries_positions``)."""
+    every = [s for per in sources.values() for s in per]
+    return bool(every) and all(getattr(s, attribute, False) for s in every)
 
 
 def device_blocks(count: int, n_devices: int, argument: str):

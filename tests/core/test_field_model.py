@@ -168,36 +168,27 @@ def test_im2col_convolution_is_xlas_same_convolution(shape, channels, kernel, st
     # models._conv2d uses it for layers of few input channels (faster on XLA:CPU)
     h = jax.random.normal(jax.random.PRNGKey(0), (4,) + shape)
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], channels))
-    ref = jax.lax.conv_general_dilated(
-        h, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    got = models._im2col(h, w, stride)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=2e-5)
-    # and its gradients (the two-pass VJPs, the chain rule's JVPs)
-    g_ref = jax.grad(
-        lambda v: jnp.sum(
-            jnp.sin(
-                jax.lax.conv_general_dilated(
-                    h, v, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-                )
-            )
-        )
-    )(w)
-    g = jax.grad(lambda v: jnp.sum(jnp.sin(models._im2col(h, v, stride))))(w)
-    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
-    # the chain rule's: a JVP in the input, then the gradient in the weights
-    dh = jax.random.normal(jax.random.PRNGKey(2), h.shape)
 
-    def chain(conv):
-        return jax.grad(lambda v: jnp.sum(jnp.sin(jax.jvp(lambda x: conv(x, v), (h,), (dh,))[1])))(
-            w
-        )
-
-    xla = chain(
-        lambda x, v: jax.lax.conv_general_dilated(
+    def xla(x, v):
+        return jax.lax.conv_general_dilated(
             x, v, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-    )
-    ours = chain(lambda x, v: models._im2col(x, v, stride))
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(xla), rtol=1e-4, atol=1e-4)
+
+    def ours(x, v):
+        return models._im2col(x, v, stride)
+
+    ref, got = xla(h, w), ours(h, w)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=2e-5)
+    # its gradients: in the weights (the two-pass VJPs), and the chain rule's, a JVP in
+    # the input followed by the gradient in the weights
+    dh = jax.random.normal(jax.random.PRNGKey(2), h.shape)
+    for grad in (
+        lambda conv: jax.grad(lambda v: jnp.sum(jnp.sin(conv(h, v))))(w),
+        lambda conv: jax.grad(
+            lambda v: jnp.sum(jnp.sin(jax.jvp(lambda x: conv(x, v), (h,), (dh,))[1]))
+        )(w),
+    ):
+        np.testing.assert_allclose(
+            np.asarray(grad(ours)), np.asarray(grad(xla)), rtol=1e-4, atol=1e-4
+        )

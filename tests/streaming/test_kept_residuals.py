@@ -7,10 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-import imnn_stream as im
 from .test_epoch_cache import archives, assert_same_tree, sources, trainer  # noqa: F401
-from ..toy_problem import DELTA_THETA
-from .test_streaming_gradients import common, data, repeat_batches  # noqa: F401
+from .test_streaming_gradients import data, iterator_imnn, repeat_batches  # noqa: F401
 
 
 def count_epochs(imnn):
@@ -78,15 +76,7 @@ def test_user_iterators_are_read_and_checked_again(data, cpu_devices):  # noqa: 
     records = n.reshape((-1, 10))
     fid = [repeat_batches(f, 0, 48, 8), repeat_batches(f, 48, 96, 8)]
     der = [repeat_batches(records, 0, 96, 8), repeat_batches(records, 96, 192, 8)]
-    s = im.DatasetNumericalGradientIMNN(
-        **common(),
-        fiducial=fid,
-        derivative=der,
-        δθ=DELTA_THETA,
-        host=cpu_devices[0],
-        devices=cpu_devices[:2],
-        n_per_device=8,
-    )
+    s = iterator_imnn(fid, der, cpu_devices)
     reads = count_epochs(s)
     s.loss_gradient(10.0, 0.1)
     # positions are only the iterator's order: pass 2 reads again, so that a shuffled

@@ -99,6 +99,19 @@ def repeat_batches(array, start, stop, n):
             yield array[b : min(b + n, stop)]
 
 
+def iterator_imnn(fid, der, devices):
+    """A DatasetNumericalGradientIMNN fed by per-device user iterators (2 devices × 8)."""
+    return im.DatasetNumericalGradientIMNN(
+        **common(),
+        fiducial=fid,
+        derivative=der,
+        δθ=DELTA_THETA,
+        host=devices[0],
+        devices=devices[:2],
+        n_per_device=8,
+    )
+
+
 def zip_iter(a, b):
     return zip(a, b)
 
@@ -162,15 +175,7 @@ def test_wrong_epoch_length_is_caught(data, cpu_devices):
     # device 0's fiducial stream repeats after 40 instead of 48 samples
     fid = [repeat_batches(f, 0, 40, 8), repeat_batches(f, 48, 96, 8)]
     der = [repeat_batches(records, 0, 96, 8), repeat_batches(records, 96, 192, 8)]
-    s = im.DatasetNumericalGradientIMNN(
-        **common(),
-        fiducial=fid,
-        derivative=der,
-        δθ=DELTA_THETA,
-        host=cpu_devices[0],
-        devices=cpu_devices[:2],
-        n_per_device=8,
-    )
+    s = iterator_imnn(fid, der, cpu_devices)
     with pytest.raises(im.OrderError, match=r"kind .fiducial., device 0, batch 0"):
         s.loss_gradient(10.0, 0.1)
 
@@ -188,14 +193,6 @@ def test_shuffled_stream_is_caught(data, cpu_devices):
 
     fid = [repeat_batches(f, 0, 48, 8), repeat_batches(f, 48, 96, 8)]
     der = [repeat_batches(records, 0, 96, 8), shuffled(records, 96, 192, 0)]
-    s = im.DatasetNumericalGradientIMNN(
-        **common(),
-        fiducial=fid,
-        derivative=der,
-        δθ=DELTA_THETA,
-        host=cpu_devices[0],
-        devices=cpu_devices[:2],
-        n_per_device=8,
-    )
+    s = iterator_imnn(fid, der, cpu_devices)
     with pytest.raises(im.OrderError, match=r"kind 'derivative', device 1, batch 0"):
         s.loss_gradient(10.0, 0.1)
