@@ -39,7 +39,7 @@ from writers.check import check_shard
 from writers.errors import ArchiveError
 from writers.layout import ShardSpec, kind_features, kinds
 from writers.schema import RecordSpec, encode_example
-from writers.shard import FileMeta, gathers_input_stats, write_shard
+from writers.shard import FileMeta, gathers_input_stats, pack_records, write_shard
 
 from .job import JOB_NAME, Job
 from .simulate import (
@@ -259,7 +259,7 @@ def _job_kinds(job: Job) -> list:
 
 
 class WriteShard(beam.DoFn):
-    """ShardSpec dict -> (ShardSpec dict, FileMeta dict with its record index).
+    """ShardSpec dict -> (ShardSpec dict, FileMeta dict with its record index packed).
 
     A valid file already under the shard's name is kept (resume); anything else
     is simulated and written atomically. ``setup`` starts compiling the job's
@@ -307,9 +307,14 @@ class WriteShard(beam.DoFn):
             meta = write_shard(self.root, spec, records)
             self.written.inc()
             self.simulated.inc(meta.count)
-        # a shallow dict: FileMeta.to_json (dataclasses.asdict) deep-copies the
-        # per-record index, ~13 µs per record
-        yield spec_json, {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
+        # a shallow dict (FileMeta.to_json (dataclasses.asdict) deep-copies the
+        # per-record index, ~13 µs per record), the index packed (pack_records: ~30×
+        # smaller, Beam's hand-over of the elements to the manifest step was ~1.8 µs
+        # a record of the archive's, after the last shard)
+        meta = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
+        if meta["records"] is not None:
+            meta["records"] = pack_records(meta["records"])
+        yield spec_json, meta
 
 
 class WriteManifest(beam.DoFn):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 
@@ -17,9 +19,49 @@ from .input_stats import FIDUCIAL_KINDS, InputStats, StatsRecords
 
 
 def records_array(entries) -> np.ndarray:
-    """Per-record index entries (an array or a sequence of 5-tuples) as one
-    C-contiguous int64 array of shape ``(n, 5)``."""
+    """Per-record index entries (an array, a sequence of 5-tuples or
+    :func:`pack_records` bytes) as one C-contiguous int64 array of shape ``(n, 5)``."""
+    if isinstance(entries, (bytes, bytearray, memoryview)):
+        return unpack_records(entries)
     return np.ascontiguousarray(entries, dtype=np.int64).reshape(-1, 5)
+
+
+_PACKED = struct.Struct("<4sQ")  # magic, records
+_PACKED_MAGIC = b"RIX1"
+
+
+def pack_records(records) -> bytes:
+    """A shard's record index int64(n, 5) as compact bytes, to move it between
+    processes (the shard writers' Beam elements, gathered for the manifest step):
+    column after column, the offsets as differences (a shard's records are of one or
+    a few lengths), zlib level 1. A 4096-record shard's 160 KiB index packs to ~5 KiB
+    in ~0.4 ms. Why (issue 10, measured): Beam handed the raw indexes on at ~1.8 µs a
+    record after the last shard was written, 4 s of the 40 GB archive's 200 s run;
+    packed, that hand-over is 0.2 s at a quarter of that scale, against 1.1 s."""
+    a = records_array(records)
+    cols = np.ascontiguousarray(a.T)
+    if a.shape[0] > 1:
+        cols[3, 1:] = np.diff(a[:, 3])
+    return _PACKED.pack(_PACKED_MAGIC, a.shape[0]) + zlib.compress(cols.tobytes(), 1)
+
+
+def unpack_records(data) -> np.ndarray:
+    """:func:`pack_records` bytes -> the record index int64(n, 5)."""
+    data = bytes(data)
+    if len(data) < _PACKED.size or data[:4] != _PACKED_MAGIC:
+        raise ValueError("not a packed record index (pack_records)")
+    (_, n) = _PACKED.unpack_from(data)
+    try:
+        raw = zlib.decompress(data[_PACKED.size :])
+    except zlib.error as e:
+        raise ValueError(f"packed record index: {e}") from None
+    if len(raw) != n * 5 * 8:
+        raise ValueError(
+            f"packed record index: {len(raw)} bytes for {n} records, expected {n * 40}"
+        )
+    cols = np.frombuffer(raw, "<i8").reshape(5, n).astype(np.int64)
+    cols[3] = np.cumsum(cols[3])
+    return np.ascontiguousarray(cols.T)
 
 
 @dataclass
