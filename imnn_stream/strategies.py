@@ -26,13 +26,14 @@ __all__ = ["InMemory", "TwoPassStrategy", "array_sources", "simulator_sources"]
 
 class InMemory:
     """One jitted step over all data. ``train``/``validation``: dict kind -> batch
-    dict of arrays, or ``None`` for simulator mode (fresh simulations per key)."""
+    dict of arrays, or ``None`` for simulator mode (fresh simulations per key; a
+    validation set of them unless ``validate`` is False)."""
 
     compiled = True
 
-    def __init__(self, mode, train=None, validation=None, simulate=False):
+    def __init__(self, mode, train=None, validation=None, simulate=False, validate=True):
         self.mode, self.train, self.validation, self.simulate = mode, train, validation, simulate
-        self.has_validation = simulate or validation is not None
+        self.has_validation = (simulate and validate) or validation is not None
         self.host_value_and_grad = jax.jit(self.value_and_grad)
         self._summaries = jax.jit(self.summaries)
 

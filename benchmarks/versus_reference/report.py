@@ -1,6 +1,6 @@
 """Summaries over rounds, the issue's goals, the agreement comparison, the Markdown table."""
 
-from .common import TWO_PASS
+from .common import LIKE_FOR_LIKE, TWO_PASS, base_class
 
 # measured per child: first_fit_s (fit of 1 iteration, compiles), refit_s (a second fit of
 # 1 iteration, timed on its own: what a repeated fit call costs), s_per_it, peak RSS, det F
@@ -14,6 +14,10 @@ NOTES = {
     ("field", "DatasetGradientIMNN"): "same transposition fault as the reference's GradientIMNN",
     ("large", "DatasetGradientIMNN"): "same transposition fault as the reference's GradientIMNN",
 }
+LIKE_FOR_LIKE_NOTE = (
+    "ours without its validation pass (`validation=False`): the reference's work; the "
+    "reference column is its AggregatedSimulatorIMNN's"
+)
 SIMULATOR_NOTE = (
     "the reference's simulator classes do not validate (its column shows the "
     "training det F); ours validate on fresh simulations every iteration"
@@ -61,6 +65,10 @@ def goals(rows):
         return None if not vals else all(vals)
 
     two_pass = [r for r in rows if r["cls"] in TWO_PASS]
+    # the same goals with the simulator class judged on the same work as the reference's
+    # (its row without our validation pass, where measured)
+    like = {(r["config"], base_class(r["cls"])[0]): r for r in rows if r["cls"] == LIKE_FOR_LIKE}
+    same_work = [like.get((r["config"], r["cls"]), r) for r in two_pass]
     ours = [r for r in rows if r["ours"]]
     return {
         "two_pass_20x": ok(
@@ -68,6 +76,12 @@ def goals(rows):
         ),
         "large_network_50x": ok(
             [r for r in two_pass if r["config"] == "large"], lambda r: r["speedup"] >= 50
+        ),
+        "two_pass_20x_same_work": ok(
+            [r for r in same_work if r["config"] != "large"], lambda r: r["speedup"] >= 20
+        ),
+        "large_network_50x_same_work": ok(
+            [r for r in same_work if r["config"] == "large"], lambda r: r["speedup"] >= 50
         ),
         "in_memory_no_slower": ok(
             [r for r in rows if r["cls"] not in TWO_PASS], lambda r: r["speedup"] >= 1
@@ -167,6 +181,8 @@ def markdown(res):
     for r in res["rows"]:
         a, b = r["ref"] or {}, r["ours"] or {}
         note = NOTES.get((r["config"], r["cls"]), SIMULATOR_NOTE if "Simulator" in r["cls"] else "")
+        if r["cls"] == LIKE_FOR_LIKE:
+            note = LIKE_FOR_LIKE_NOTE
         if r.get("ref_error") and not r.get("ref") and "--cached-only" in r["ref_error"]:
             note = "not measured (time budget of this run)"
         elif r.get("ref_error"):

@@ -175,3 +175,31 @@ def test_scanned_groups_see_n_per_device_samples(data, cpu_devices):
         assert set(seen) == ({8} if not fuse else {N_S // 2, N_D * 2 * 2 // 2})
     assert rel_diff(out[False][0], out[True][0]) < 1e-5
     assert float(out[False][1]["detF"]) == pytest.approx(float(out[True][1]["detF"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_simulator_classes_without_validation_train_the_same(cpu_devices, aggregated):
+    # validation=False (as the reference's simulator classes): no validation pass, the
+    # training statistics stand for it; the training itself is unchanged
+    def make(validation):
+        if not aggregated:
+            return im.SimulatorIMNN(**common(), simulator=gaussian_toy, validation=validation)
+        return im.AggregatedSimulatorIMNN(
+            **common(),
+            simulator=gaussian_toy,
+            host=cpu_devices[0],
+            devices=cpu_devices[:2],
+            n_per_device=8,
+            validation=validation,
+        )
+
+    on, off = make(True), make(False)
+    assert on.validate and not off.validate
+    for imnn in (on, off):
+        imnn.fit(10.0, 0.1, rng=jax.random.PRNGKey(3), min_iterations=4, max_iterations=4)
+    # the same training passes (``w`` differs: each keeps its best by its own det F)
+    np.testing.assert_allclose(on.history["detF"], off.history["detF"], rtol=1e-5)
+    np.testing.assert_array_equal(off.history["val_detF"], off.history["detF"])
+    assert not np.allclose(on.history["val_detF"], on.history["detF"])
+    with pytest.raises(TypeError, match="`validation` must be True or False"):
+        make("no")
