@@ -18,8 +18,10 @@ own process; this script only samples those processes:
   dropped first when run as root; otherwise O_DIRECT; otherwise noted as
   cached), the fit's read rate per pass, its s/iteration and peak RSS.
 
-The numerical archive holds a 64×64 (``--size``) Gaussian random field,
-train split only (an iteration reads it twice: the two passes), cut for
+The numerical archive holds a 64×64 (``--size``) Gaussian random field, or
+what ``--simulator`` (any ``imnn-stream generate --simulator``: a module's
+function or a file's, with ``--input-shape``, ``--theta-fid``, ``--delta-theta``
+and ``--simulator-config``) simulates, train split only (an iteration reads it twice: the two passes), cut for
 ``--devices`` devices. Results: ``benchmarks/results/out_of_core.json`` and
 ``.png``. The archives are deleted at the end unless ``--keep``.
 
@@ -45,8 +47,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-N_PARAMS = 2  # GRF θ = (A, B)
-RECORDS_PER_SEED = 1 + 2 * N_PARAMS  # numerical mode: fiducial + (∓δθ/2 for each parameter)
+
+
+def records_per_seed(n_params: int) -> int:
+    """Numerical mode: the fiducial record and one at θ_fid ∓ δθ/2 for each parameter."""
+    return 1 + 2 * n_params
+
+
 SMALL_FRACTION = 32
 
 
@@ -258,10 +265,10 @@ def s_per_iteration(output: str) -> float | None:
 
 
 def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
-    size = args.size
+    per_seed = records_per_seed(len(args.theta))
     iterations = args.iterations if label == "large" else args.small_iterations
     print(
-        f"[{label}] generating n_s = n_d = {n_s} ({n_s * RECORDS_PER_SEED} records) into {archive}",
+        f"[{label}] generating n_s = n_d = {n_s} ({n_s * per_seed} records) into {archive}",
         file=sys.stderr,
         flush=True,
     )
@@ -270,13 +277,13 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
         + [
             "generate",
             "--simulator",
-            "grf",
+            args.simulator,
             "--simulator-config",
-            json.dumps({"size": size}),
+            json.dumps(args.simulator_config),
             "--theta-fid",
-            "1,2",
+            ",".join(map(str, args.theta)),
             "--delta-theta",
-            "0.1,0.1",
+            ",".join(map(str, args.delta)),
             "--n-s",
             str(n_s),
             "--n-devices",
@@ -287,7 +294,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
             "--records-per-shard",
             str(args.records_per_shard),
             "--input-shape",
-            f"{size},{size}",
+            ",".join(map(str, args.input_shape)),
             "--out",
             str(archive),
             "--no-progress",
@@ -296,7 +303,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
         log=work / f"{label}_generate.log",
     )
     nbytes = archive_bytes(archive)
-    records = n_s * RECORDS_PER_SEED
+    records = n_s * per_seed
     print(
         f"[{label}] {nbytes / 1e9:.2f} GB in {gen['elapsed_s']:.1f} s; validating",
         file=sys.stderr,
@@ -345,7 +352,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
         "records": records,
         "n_s": n_s,
         "n_d": n_s,
-        "field": [size, size],
+        "input_shape": list(args.input_shape),
         "dtype": "float32",
         "generation": {
             "elapsed_s": gen["elapsed_s"],
@@ -438,7 +445,24 @@ def main(argv=None) -> int:
         help="CI-sized run: large archive of --scale-down-mib instead",
     )
     p.add_argument("--scale-down-mib", type=float, default=512)
-    p.add_argument("--size", type=int, default=64, help="field side (≥ 64)")
+    p.add_argument(
+        "--size", type=int, default=64, help="field side (≥ 64) of the default simulator"
+    )
+    p.add_argument(
+        "--simulator",
+        default="grf",
+        help="what `imnn-stream generate --simulator` takes (default grf, the Gaussian random "
+        "field); another needs --input-shape, --theta-fid and --delta-theta",
+    )
+    p.add_argument(
+        "--simulator-config",
+        type=json.loads,
+        default=None,
+        help='JSON keyword arguments of the simulator (default for grf: {"size": --size})',
+    )
+    p.add_argument("--input-shape", default=None, help="e.g. 64,64 (default for grf: --size²)")
+    p.add_argument("--theta-fid", default="1,2", help="fiducial parameters (default 1,2)")
+    p.add_argument("--delta-theta", default="0.1,0.1", help="finite-difference steps")
     p.add_argument("--devices", type=int, default=2)
     p.add_argument(
         "--n-per-device",
@@ -492,16 +516,33 @@ def main(argv=None) -> int:
         args.small_fraction = 8 if args.scale_down else SMALL_FRACTION
     if args.small_iterations is None:
         args.small_iterations = args.iterations * args.small_fraction
-    if args.size < 64:
+    grf = args.simulator == "grf"
+    if grf and args.size < 64:
         p.error("--size must be at least 64 (the benchmark is about 64×64 or larger fields)")
+    if not grf and args.input_shape is None:
+        p.error("--input-shape is needed with --simulator (it sizes the archive)")
+    try:
+        args.theta = [float(v) for v in args.theta_fid.split(",")]
+        args.delta = [float(v) for v in args.delta_theta.split(",")]
+        args.input_shape = (
+            [args.size, args.size]
+            if args.input_shape is None
+            else [int(v) for v in args.input_shape.split(",")]
+        )
+    except ValueError as e:
+        p.error(f"--theta-fid, --delta-theta and --input-shape take comma-separated numbers: {e}")
+    if len(args.theta) != len(args.delta):
+        p.error(f"--theta-fid has {len(args.theta)} values, --delta-theta {len(args.delta)}")
+    if args.simulator_config is None:
+        args.simulator_config = {"size": args.size} if grf else {}
 
     ram = mem_total()
     # bytes per record, a lower bound (so the archive is at least the target): the
     # float32 field, 16 bytes of TFRecord framing and at least 64 bytes of features
     # (64×64: 16 475 bytes per record measured; the old estimate, + 200 and rounding to
     # the nearest batch, gave a 36.9 GB archive for 1.5 × 23.5 GiB = 1.46×)
-    record_bytes = args.size * args.size * 4 + 16 + 64
-    seed_bytes = record_bytes * RECORDS_PER_SEED
+    record_bytes = math.prod(args.input_shape) * 4 + 16 + 64
+    seed_bytes = record_bytes * records_per_seed(len(args.theta))
     target = (args.scale_down_mib * 2**20) if args.scale_down else args.ram_factor * ram
     # whole batches on every device in both archives, the large one exactly 32× the small;
     # rounded up, so the large one is never below the target
@@ -540,7 +581,11 @@ def main(argv=None) -> int:
             "n_per_device": args.n_per_device,
             "iterations": args.iterations,
             "small_iterations": args.small_iterations,
-            "field": [args.size, args.size],
+            "simulator": args.simulator,
+            "simulator_config": args.simulator_config,
+            "theta_fid": args.theta,
+            "delta_theta": args.delta,
+            "input_shape": list(args.input_shape),
             "mode": "numerical",
             "splits": ["train"],
             "records_per_shard": args.records_per_shard,

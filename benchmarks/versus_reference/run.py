@@ -287,7 +287,8 @@ def measure(args, pythons, config, cls):
     for r in range(repeats):
         sides = ("ref", "ours") if not any("error" in o for o in runs["ref"]) else ("ours",)
         for side in sides:  # a broken reference class fails alike every time: ours only then
-            fresh = (args.fresh or args.fresh_side == side) and tasks[side] is task
+            # the reference's rounds of a variant row are its class's own: never re-measured
+            fresh = (args.fresh or args.fresh_side == side) and tasks[side]["cls"] == cls
             out = cached_child(pythons[side], side, tasks[side], r, fresh, args.cached_only)
             runs[side].append(out)
             log(f"{config}/{cls} round {r + 1} {side}: {describe(out)}")
