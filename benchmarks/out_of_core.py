@@ -479,7 +479,12 @@ def main(argv=None) -> int:
         help="the small archive is 1/this of the large one (default 32; 8 with "
         "--scale-down, so that the small one still fills whole groups)",
     )
-    p.add_argument("--model", default="cnn:8,16", help="small CNN by default")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="what `imnn-stream fit --model` takes (default: the small CNN cnn:8,16 for 2-D "
+        "inputs, the command's `auto` for other ranks)",
+    )
     p.add_argument(
         "--cache-mib",
         type=int,
@@ -533,6 +538,8 @@ def main(argv=None) -> int:
         p.error(f"--theta-fid, --delta-theta and --input-shape take comma-separated numbers: {e}")
     if len(args.theta) != len(args.delta):
         p.error(f"--theta-fid has {len(args.theta)} values, --delta-theta {len(args.delta)}")
+    if args.model is None:
+        args.model = "cnn:8,16" if len(args.input_shape) in (2, 3) else "auto"
     if args.simulator_config is None:
         args.simulator_config = {"size": args.size} if grf else {}
 
