@@ -21,8 +21,8 @@ own process; this script only samples those processes:
 The numerical archive holds a 64×64 (``--size``) Gaussian random field, or
 what ``--simulator`` (any ``imnn-stream generate --simulator``: a module's
 function or a file's, with ``--input-shape``, ``--theta-fid``, ``--delta-theta``
-and ``--simulator-config``) simulates, train split only (an iteration reads it twice: the two passes), cut for
-``--devices`` devices. Results: ``benchmarks/results/out_of_core.json`` and
+and ``--simulator-config``) simulates, train split only (an iteration reads it
+twice: the two passes), cut for ``--devices`` devices. Results: ``benchmarks/results/out_of_core.json`` and
 ``.png``. The archives are deleted at the end unless ``--keep``.
 
 Read rates per pass are taken from the fit's ``rchar`` counter: the bytes it

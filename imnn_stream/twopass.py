@@ -312,9 +312,9 @@ class TwoPass:
         """Dispatched training pass-1 outputs -> (statistics, cotangents d loss / d outputs
         on the host, dict kind -> float(count, ...))."""
         # the outputs placed on the host device and the host copy dropped before the loss
-        # runs: what grows with n_s at the end of pass 1 is one copy of the outputs at a
-        # time, beside the loss's own (issue 10: the fit of a 40 GB archive peaked 67 MiB
-        # above its 1/32 twin, ~20 MB a copy of 2.46 M records' outputs)
+        # runs (jax.device_put copies on CPU): what grows with n_s at the end of pass 1 is
+        # one copy of the outputs at a time, beside the loss's own (issue 10: ~20 MB a copy
+        # for a 2.46 M-record archive; within the run-to-run spread of its peak RSS)
         raw = jax.device_put(self._collect(pending, "train"), self.host)
         st, cot = self._host_loss(raw, λ, α)
         del raw  # pass 2 needs only the cotangents (one host copy of them)
