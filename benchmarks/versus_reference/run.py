@@ -57,10 +57,11 @@ Configurations (2 XLA CPU devices, ``--xla_force_host_platform_device_count=2``)
 
 toy and field run all eight classes: in memory (Numerical, Gradient, Simulator), aggregated
 (the same three) and dataset (Numerical, Gradient); large the five two-pass ones. Each
-config also has a row ``AggregatedSimulatorIMNN(validation=False)``: ours without its
-validation pass on fresh simulations, which the reference's simulator classes do not
-have — the same work on both sides (its reference column is the reference's
-AggregatedSimulatorIMNN, the same cached rounds); the goals are reported both ways. The data
+config also has a row ``AggregatedSimulatorIMNN(validation=False)`` (toy and field also
+``SimulatorIMNN(validation=False)``): ours without its validation pass on fresh
+simulations, which the reference's simulator classes do not have — the same work on
+both sides (its reference column is the reference's class of that name, the same cached
+rounds); the goals are reported both ways. The data
 are generated once by our simulators (in our venv) and handed to both sides as .npy; the
 simulator classes run the same simulator functions (``common``) on both sides. Dataset
 classes read TFRecords — the reference from files written by its own ``imnn.TFRecords``
