@@ -38,6 +38,7 @@ def IMNN(
     n_per_device=None,
     cache=None,
     prefetch=None,
+    validation=None,
     verbose=True,
 ):
     """Return the IMNN class instance that matches the arguments.
@@ -48,6 +49,8 @@ def IMNN(
     DatasetNumericalGradientIMNN; main + remaining lists → DatasetGradientIMNN.
     host, devices and n_per_device (all three) select the aggregated/dataset classes.
     θ_fid and δθ may be passed as ``theta_fid`` and ``delta_theta``.
+    ``validation`` (True/False, simulator classes only): validate on fresh
+    simulations every iteration (the default) or not, as the reference does.
     """
     common = dict(
         n_s=n_s,
@@ -118,9 +121,15 @@ def IMNN(
             ],
             "with `simulator` (simulations are made on the fly)",
         )
+        kw = {} if validation is None else dict(validation=validation)
         if aggregate:
-            return pick(classes.AggregatedSimulatorIMNN, simulator=simulator, **agg)
-        return pick(classes.SimulatorIMNN, simulator=simulator)
+            return pick(classes.AggregatedSimulatorIMNN, simulator=simulator, **kw, **agg)
+        return pick(classes.SimulatorIMNN, simulator=simulator, **kw)
+    if validation is not None:
+        raise ValueError(
+            "`validation` applies with `simulator` only (validation on fresh simulations); "
+            "with data, pass the validation set (`validation_fiducial`, ...) or leave it out"
+        )
 
     if main is not None or remaining is not None:
         if main is None or remaining is None:
