@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import durable, fs
-from .layout import INDEX_NAME
+from .layout import INDEX_NAME, RECORD_COLUMNS, record_entry
 from .schema import record_seed
 from .framing import FRAMING_BYTES, iter_records, read_upto
 
@@ -32,16 +32,7 @@ def scan_file(path: str) -> list[tuple]:
     out = []
     with fs.open_read(path) as f:
         for offset, raw in iter_records(f, path, check_crc=False, with_offsets=True):
-            seed, sign, parameter = record_seed(raw)
-            out.append(
-                (
-                    seed,
-                    -1 if sign is None else sign,
-                    -1 if parameter is None else parameter,
-                    offset,
-                    len(raw) + FRAMING_BYTES,
-                )
-            )
+            out.append(record_entry(*record_seed(raw), offset, len(raw) + FRAMING_BYTES))
     return out
 
 
@@ -54,19 +45,21 @@ def build_table(root: str, manifest) -> pa.Table:
     the string columns as dictionary indices into the (split, kind, file) names,
     so no Python object is created per record (millions in a large archive)."""
     names, keys, nums, records = [], [], [], []
+    width = len(RECORD_COLUMNS)
     for split in manifest.layout:
         for kind in manifest.layout[split]:
             for f in manifest.files(split, kind):
                 entries = manifest.record_entries(f["path"])
                 if entries is None:
                     entries = scan_file(fs.join(root, f["path"]))
-                a = np.asarray(entries, np.int64).reshape(-1, 5)
+                a = np.asarray(entries, np.int64).reshape(-1, width)
                 keys.append(np.full(len(a), len(names), np.int32))
                 names.append((split, kind, f["path"]))
                 nums.append(a)
                 records.append(np.arange(len(a), dtype=np.int64))
     which = pa.array(np.concatenate(keys) if keys else np.zeros(0, np.int32))
-    a = np.concatenate(nums) if nums else np.zeros((0, 5), np.int64)
+    a = np.concatenate(nums) if nums else np.zeros((0, width), np.int64)
+    col = dict(zip(RECORD_COLUMNS, a.T))
 
     def strings(j):
         return pc.take(pa.array([n[j] for n in names], pa.string()), which)
@@ -74,13 +67,13 @@ def build_table(root: str, manifest) -> pa.Table:
     cols = {
         "split": strings(0),
         "kind": strings(1),
-        "seed": pa.array(a[:, 0]),
-        "derivative": pa.array(a[:, 1].astype(np.int8)),
-        "parameter": pa.array(a[:, 2].astype(np.int32)),
+        "seed": pa.array(col["seed"]),
+        "derivative": pa.array(col["derivative"].astype(np.int8)),
+        "parameter": pa.array(col["parameter"].astype(np.int32)),
         "file": strings(2),
         "record": pa.array(np.concatenate(records) if records else np.zeros(0, np.int64)),
-        "offset": pa.array(a[:, 3]),
-        "length": pa.array(a[:, 4]),
+        "offset": pa.array(col["offset"]),
+        "length": pa.array(col["length"]),
     }
     schema = pa.schema(
         [

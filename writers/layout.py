@@ -27,6 +27,25 @@ SPLITS = ("train", "validation")
 MANIFEST_NAME = "manifest.json"
 #: the per-record Parquet index beside the manifest
 INDEX_NAME = "index.parquet"
+#: the record index (the Parquet index's numeric columns, gathered by the shard writers):
+#: int64(n, 5), one row per record, in this column order; derivative (the sign ±1) and
+#: parameter are -1 for fiducial records, offset and length are the framed record's
+RECORD_COLUMNS = ("seed", "derivative", "parameter", "offset", "length")
+OFFSET_COLUMN = RECORD_COLUMNS.index("offset")
+
+
+def record_entry(seed: int, sign, parameter, offset: int, framed_length: int) -> tuple:
+    """One record index row (:data:`RECORD_COLUMNS`) from a record's seed features
+    (``sign``/``parameter`` None when absent) and its place in the file."""
+    return (
+        seed,
+        -1 if sign is None else sign,
+        -1 if parameter is None else parameter,
+        offset,
+        framed_length,
+    )
+
+
 #: lock file held at the archive root by the ``generate`` driver while it writes
 #: (never listed in the manifest; the validator allows it with a warning)
 GENERATE_LOCK = ".generate.lock"

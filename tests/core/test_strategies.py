@@ -204,9 +204,7 @@ def test_simulator_classes_without_validation_train_the_same(cpu_devices, aggreg
     with pytest.raises(TypeError, match="`validation` must be True or False"):
         make("no")
     # the factory passes it on to the simulator classes, and refuses it with data
-    agg = (
-        dict(host=cpu_devices[0], devices=cpu_devices[:2], n_per_device=8) if aggregated else {}
-    )
+    agg = dict(host=cpu_devices[0], devices=cpu_devices[:2], n_per_device=8) if aggregated else {}
     picked = im.IMNN(**common(), simulator=gaussian_toy, validation=False, verbose=False, **agg)
     assert type(picked) is type(off) and not picked.validate
     assert im.IMNN(**common(), simulator=gaussian_toy, verbose=False, **agg).validate
