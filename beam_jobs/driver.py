@@ -326,12 +326,13 @@ class _Progress:
     (works for any runner and any file system, without touching the workers)."""
 
     def __init__(self, root: str, plan, start: float, interval: float = 1.0):
-        from tqdm import tqdm
+        from writers.progress import bar, interactive
 
         self.root, self.start, self.interval = root, start, interval
+        self.live = interactive()  # in a log: redraw only as writers.progress allows
         self.sizes = {s.path: s.n_records for s in plan}
         self.seen = set(self._present())
-        self.bar = tqdm(
+        self.bar = bar(
             total=len(plan),
             initial=len(self.seen),
             unit="shard",
@@ -357,7 +358,7 @@ class _Progress:
             self.records += sum(self.sizes[p] for p in new)
             self.bar.update(len(new))
         rate = self.records / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{rate:.0f} sims/s", refresh=True)
+        self.bar.set_postfix_str(f"{rate:.0f} sims/s", refresh=self.live)
 
     def _run(self):
         while not self._stop.wait(self.interval):

@@ -14,7 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from writers import progress
 
 from . import checks, fisher, information
 from .checkpoint import Checkpoint, portable, restore_portable, write_file
@@ -211,7 +211,7 @@ class Trainer(checks.AsciiNames):
         # argument placement and reuses the compiled loop
         host = getattr(self, "host", None) or jax.devices()[0]
         loop = LoopState(*jax.device_put(tuple(loop[:4]), host), loop.done)
-        bar = tqdm(
+        bar = progress.bar(
             total=max_iterations,
             initial=loop.done,
             disable=print_rate is None,

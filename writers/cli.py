@@ -63,9 +63,9 @@ def emit(args, out) -> int:
 def _bytes_bar(quiet: bool):
     """A progress callback ``(done, total)`` drawing bytes checked on stderr (after
     a second, so a small archive shows nothing), and its closer."""
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
-    bar = tqdm(
+    bar = progress_bar(
         total=0,
         unit="B",
         unit_scale=True,

@@ -403,7 +403,7 @@ def _prior_draws(
     """(θ float(n, n_params), summaries float(n, realisations, n_summaries)) for
     θ ~ U(prior box), ``realisations`` iid simulations per θ."""
     import jax
-    from tqdm.auto import tqdm
+    from writers.progress import bar
 
     lo, hi = np.asarray(prior_low, np.float32), np.asarray(prior_high, np.float32)
     rng = np.random.default_rng(seed)
@@ -418,7 +418,9 @@ def _prior_draws(
     base = jax.random.PRNGKey(seed)
     batch = max(1, batch // m)
     xs = []
-    for start in tqdm(range(0, n, batch), desc="simulating prior draws", disable=not progress):
+    for start in bar(
+        iterable=range(0, n, batch), desc="simulating prior draws", disable=not progress
+    ):
         idx = np.arange(start, min(n, start + batch))
         keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), m))(idx)
         xs.append(np.asarray(summaries(fitted.w, keys, θ[idx])))

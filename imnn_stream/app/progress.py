@@ -14,12 +14,20 @@ def iteration_progress(imnn, delay: float = 2.0):
     engine = getattr(getattr(imnn, "_strategy", None), "engine", None)
     if engine is None:
         return lambda: None
-    from tqdm.auto import tqdm
+    from writers.progress import bar as progress_bar
 
     per_pass = int(sum(imnn._mode.counts.values()))
     passes = ["pass 1", "pass 2"] + (["validation"] if imnn.validate else [])
     total = per_pass * len(passes)
-    bar = tqdm(total=total, desc="iteration", unit="rec", unit_scale=True, leave=False, delay=delay)
+    bar = progress_bar(
+        nested=True,  # under the fit's bar: not drawn in a log (writers.progress)
+        total=total,
+        desc="iteration",
+        unit="rec",
+        unit_scale=True,
+        leave=False,
+        delay=delay,
+    )
 
     def on_group(tag, kind, n):
         if bar.n >= total:  # next iteration (or the statistics after the fit)
