@@ -87,7 +87,7 @@ def model_for(problem):
     return im.models.mlp((128, 128), 2) if problem == "toy" else im.models.cnn((8, 16), 64, 2)
 
 
-def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rounds=3):
+def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rounds=3, scale=1):
     import jax
     import numpy as np
     import optax
@@ -95,6 +95,9 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
     from writers.archive import write_arrays
 
     n, npd = (1000, 100) if problem == "toy" else (500, 50)
+    # --n-scale: n_s = n_d and the device batch ``scale`` times larger (the same number
+    # of batches an iteration): per-iteration fixed costs against per-record ones
+    n, npd = n * scale, npd * scale
     npd = npd * 2 // n_devices  # the same samples per device call over both devices
     θ, δθ, f, d, g = problem_data(problem, n, 0)
     _, _, vf, vd, vg = problem_data(problem, n, 1)
@@ -361,6 +364,12 @@ def main():
     )
     p.add_argument("--scales", default="1,4,16")
     p.add_argument(
+        "--n-scale",
+        type=int,
+        default=1,
+        help="speed: n_s = n_d and the device batch this many times the problem's",
+    )
+    p.add_argument(
         "--devices",
         type=int,
         default=2,
@@ -373,11 +382,14 @@ def main():
         return
     result = {}
     if a.what == "toy-numerical":
-        result["speed"] = [speed("toy", a.iterations, ("numerical",), a.devices, a.rounds)]
+        result["speed"] = [
+            speed("toy", a.iterations, ("numerical",), a.devices, a.rounds, a.n_scale)
+        ]
     if a.what in ("speed", "all"):
         problems = ["toy", "field"] if a.problem == "both" else [a.problem]
         result["speed"] = [
-            speed(pr, a.iterations, n_devices=a.devices, rounds=a.rounds) for pr in problems
+            speed(pr, a.iterations, n_devices=a.devices, rounds=a.rounds, scale=a.n_scale)
+            for pr in problems
         ]
     if a.what == "growth":
         result["growth"] = growth([2000, 8000])
