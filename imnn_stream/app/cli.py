@@ -173,7 +173,9 @@ def cmd_infer(args, extra):
         np.savez(os.path.join(args.out, "abc.npz"), accepted=accepted)
         result.update(abc_mean=accepted.mean(0).tolist(), abc_std=accepted.std(0).tolist())
     plot = os.path.join(args.out, "posterior.png")
-    plot_posterior(θ_hat, F * n_target, rows, plot, abc=accepted)
+    plot_posterior(
+        θ_hat, F * n_target, rows, plot, abc=accepted, prior=(args.prior_low, args.prior_high)
+    )
     result["posterior_plot"] = plot
     if not args.json:
         print("INFER_RESULT " + json.dumps(result, ensure_ascii=False))

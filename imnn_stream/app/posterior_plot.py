@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-__all__ = ["plot_posterior"]
+__all__ = ["axis_limits", "plot_posterior"]
 
 _LEVELS = (2.30, 6.18)  # Δχ² of the 68 % and 95 % regions of a 2-D Gaussian
 
@@ -21,14 +21,38 @@ def _ellipse(mean, cov, delta_chi2, n=200):
     return (vecs @ (np.sqrt(np.maximum(vals, 0) * delta_chi2)[:, None] * circle)).T + mean
 
 
-def plot_posterior(θ_hat, F, rows=(), filename="posterior.png", abc=None, truth=None, names=None):
+def axis_limits(θ_hat, σ, abc=None, path=None, truth=None, box=None):
+    """(low, high) float(p,) of each parameter's axis: θ̂ ± 4σ, widened to show the
+    ABC samples float(k, p), the fiducial path float(r, p) and the truth float(p,);
+    then cut at the prior box (low, high) where it is narrower, since the posterior
+    has no mass outside it — but never so far as to hide θ̂, the path or the truth."""
+    lo, hi = θ_hat - 4 * σ, θ_hat + 4 * σ
+    for extra in (abc, path, None if truth is None else truth[None]):
+        if extra is not None:
+            lo = np.minimum(lo, extra.min(0) - 0.5 * σ)
+            hi = np.maximum(hi, extra.max(0) + 0.5 * σ)
+    if box is not None:
+        shown = np.concatenate(
+            [θ_hat[None]]
+            + [e for e in (path, None if truth is None else truth[None]) if e is not None]
+        )
+        lo = np.maximum(lo, np.minimum(box[0], shown.min(0)))
+        hi = np.minimum(hi, np.maximum(box[1], shown.max(0)))
+    return lo, hi
+
+
+def plot_posterior(
+    θ_hat, F, rows=(), filename="posterior.png", abc=None, truth=None, names=None, prior=None
+):
     """Draw the corner plot into ``filename`` (PNG, written atomically).
 
     θ_hat float(p,); F float(p, p): the Fisher matrix of the target (n·F for n
     realisations), whose inverse is the Gaussian's covariance; rows: the
     inference loop's rounds (their ``θ_fid`` and ``θ_hat`` make the path);
     abc float(k, p): accepted ABC samples; truth float(p,): drawn when known;
-    names: axis labels (default θ₀, θ₁, …).
+    names: axis labels (default θ₀, θ₁, …); prior: (low float(p,), high float(p,)),
+    the prior box: the axes stop at its edges (drawn grey), where the Gaussian
+    reaches past them, unless θ̂, the path or the truth lie outside.
     """
     import matplotlib
 
@@ -46,11 +70,9 @@ def plot_posterior(θ_hat, F, rows=(), filename="posterior.png", abc=None, truth
     path = None
     if len(rows):
         path = np.array([r["θ_fid"] for r in rows] + [rows[-1]["θ_hat"]], float)
-    lo, hi = θ_hat - 4 * σ, θ_hat + 4 * σ
-    for extra in (abc, path, None if truth is None else np.asarray(truth, float)[None]):
-        if extra is not None:
-            lo = np.minimum(lo, extra.min(0) - 0.5 * σ)
-            hi = np.maximum(hi, extra.max(0) + 0.5 * σ)
+    truth = None if truth is None else np.asarray(truth, float)
+    box = None if prior is None else [np.broadcast_to(np.asarray(b, float), (p,)) for b in prior]
+    lo, hi = axis_limits(θ_hat, σ, abc, path, truth, box)
 
     fig, axes = plt.subplots(p, p, figsize=(2.6 * p + 0.6, 2.6 * p + 0.6), squeeze=False)
     for i in range(p):
@@ -67,6 +89,9 @@ def plot_posterior(θ_hat, F, rows=(), filename="posterior.png", abc=None, truth
                 ax.plot(x, g, color="C0", label="Gaussian (Fisher)")
                 if truth is not None:
                     ax.axvline(truth[i], color="k", ls=":", lw=1)
+                if box is not None:
+                    for edge in (box[0][i], box[1][i]):
+                        ax.axvline(edge, color="0.6", lw=0.8, ls="-.")
                 ax.set_yticks([])
                 ax.set_xlim(lo[i], hi[i])
             else:
@@ -82,6 +107,16 @@ def plot_posterior(θ_hat, F, rows=(), filename="posterior.png", abc=None, truth
                 ax.plot(θ_hat[j], θ_hat[i], "o", color="C0", ms=4, label="θ̂")
                 if truth is not None:
                     ax.plot(truth[j], truth[i], "k*", ms=8, label="truth")
+                if box is not None:
+                    (x0, x1), (y0, y1) = (box[0][j], box[1][j]), (box[0][i], box[1][i])
+                    ax.plot(
+                        [x0, x1, x1, x0, x0],
+                        [y0, y0, y1, y1, y0],
+                        "-.",
+                        color="0.6",
+                        lw=0.8,
+                        label="prior box",
+                    )
                 ax.set_xlim(lo[j], hi[j])
                 ax.set_ylim(lo[i], hi[i])
             if i == p - 1:
