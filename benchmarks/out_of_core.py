@@ -347,6 +347,12 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
     rates = [p["mb_per_s"] for p in passes]
     steady = rates[1:] if len(rates) > 1 else rates  # the first pass includes compilation
     spi = s_per_iteration(fit["output"])
+    # the fit's own account of the time it waited for its readers (run folder summary)
+    try:
+        with open(work / f"{label}_run" / "summary.json") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        summary = {}
     result = {
         "archive_bytes": nbytes,
         "records": records,
@@ -372,6 +378,7 @@ def one_size(label, cmd, archive: Path, n_s: int, args, work: Path) -> dict:
             "read_mb_per_s_per_pass": passes,
             "read_mb_per_s": statistics.median(steady) if steady else None,
             "read_vs_raw": (statistics.median(steady) / raw["mb_per_s"]) if steady else None,
+            "input_wait_fraction": summary.get("input_wait_fraction"),
             "rss_samples": [(round(s[0], 2), s[1], s[2]) for s in fit["samples"]],
         },
     }

@@ -239,6 +239,21 @@ class _Streaming:
         self._configure(mode, self._stream_strategy(mode, train, val))
         return self
 
+    @property
+    def input_wait_seconds(self) -> float:
+        """Seconds this trainer's fits so far spent blocked on its readers (every pass,
+        training and validation; a cached epoch waits for nothing): the input that
+        compute did not hide."""
+        from .sources import StreamSource
+
+        strategy = getattr(self, "_strategy", None)
+        total = 0.0
+        for data in (getattr(strategy, "train", None), getattr(strategy, "validation", None)):
+            if isinstance(data, dict):
+                for per in data.values():
+                    total += sum(s.wait_seconds for s in per if isinstance(s, StreamSource))
+        return total
+
     def close(self):
         """Stop the archive readers' threads."""
         from writers.streams import close_all

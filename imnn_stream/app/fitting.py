@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 
 __all__ = ["FitConfig", "fit_archive", "add_fit_options", "fit_config_from_args"]
@@ -429,6 +430,7 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
 
         whiten_output(imnn)  # one pass over the training set; the same on every process
     close_bar = iteration_progress(imnn) if progress else (lambda: None)
+    waited, started = imnn.input_wait_seconds, time.perf_counter()
     try:
         imnn.fit(
             c.lam,
@@ -449,6 +451,14 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
     finally:
         close_bar()
         imnn.close()
+    # the fit's wall time spent waiting for the archive: is this fit input-bound?
+    seconds = time.perf_counter() - started
+    waited = imnn.input_wait_seconds - waited
+    timing = dict(
+        fit_seconds=round(seconds, 3),
+        input_wait_seconds=round(waited, 3),
+        input_wait_fraction=round(waited / seconds, 4) if seconds > 0 else None,
+    )
     if not imnn.processes.writes:  # another process of a multi-process fit writes OUT
         return imnn, dict(
             iterations=int(len(imnn.history["detF"])),
@@ -462,5 +472,6 @@ def _fit_archive(archive, config, out, weights, key, rng, checkpoint_dir, progre
         c.model,
         dict(archive=str(archive), mode=m.mode, normalisation=norm and norm.to_json()),
         expected_detF=c.expected_detF,
+        stats=timing,
     )
     return imnn, summary

@@ -7,7 +7,9 @@ RUN/imnn.npz      Trainer.save: weights, optimiser state, statistics, history (a
                   JSON, no pickle: see :mod:`imnn_stream.checkpoint`)
 RUN/history.png   the training history plot
 RUN/summary.json  det F (training, best validation, Hartlap-corrected; fractions of the
-                  expected det F when known; warnings), iterations, seconds
+                  expected det F when known; warnings), iterations, seconds; for a
+                  fit of an archive, fit_seconds and the time spent waiting for the
+                  readers (input_wait_seconds, input_wait_fraction)
 RUN/checkpoint/   the fit's checkpoint (kept across commits)
 
 A run folder is committed as a whole: the files are written into a sibling
@@ -110,9 +112,10 @@ def commit_folder(tmp, out):
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_detF=None):
+def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_detF=None, stats=None):
     """Write a run folder for a fitted ``imnn`` built with ``model_spec``, as a whole
-    (see the module docstring). Returns the summary dict."""
+    (see the module docstring). ``extra``: more of config.json; ``stats``: more of
+    summary.json (the fit's timing). Returns the summary dict."""
     from ..checkpoint import portable
 
     out = os.path.normpath(os.fspath(out))
@@ -139,6 +142,7 @@ def save_run(out, imnn, model_spec: str, extra: dict | None = None, expected_det
     if expected_detF is None:
         expected_detF = getattr(imnn, "expected_detF", None)
     summary.update(information_summary(imnn, expected_detF))
+    summary.update(stats or {})
     try:
         os.makedirs(tmp)
         _write_file(

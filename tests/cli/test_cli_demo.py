@@ -44,6 +44,12 @@ def test_demo_runs_end_to_end_and_reports_det_F(tmp_path):
     with open(os.path.join(out, "run", "summary.json")) as f:
         summary = json.load(f)
     assert result["detF"] == summary["detF"]
+    # how much of the fit waited for the archive's readers (input not hidden by compute)
+    assert summary["fit_seconds"] > 0
+    assert 0 <= summary["input_wait_seconds"] <= summary["fit_seconds"]
+    assert summary["input_wait_fraction"] == pytest.approx(
+        summary["input_wait_seconds"] / summary["fit_seconds"], abs=1e-3
+    )
     assert f"det F = {result['detF']:.2f}" in r.stdout and "(exact: 50)" in r.stdout
     # … it learnt (from ≈ 0.2 at initialisation) and never exceeds the exact information by more
     # than the noise of 200 validation simulations
