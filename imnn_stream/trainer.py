@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from writers import progress
 
 from . import checks, fisher, information
