@@ -180,8 +180,12 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
         trainers = {strategy: make() for strategy, make in classes.items()}
         for imnn in trainers.values():  # compile, fill the cache
             imnn.fit(10.0, 0.1, min_iterations=2, patience=2, max_iterations=2)
-            for s in _stream_sources(imnn):
-                s.wait_seconds = 0.0
+        # the streaming trainers' time blocked on their readers, from here on
+        waited = {
+            strategy: imnn.input_wait_seconds
+            for strategy, imnn in trainers.items()
+            if hasattr(imnn, "input_wait_seconds")
+        }
         times = {strategy: [] for strategy in trainers}
         # rounds interleaved over the trainers, the median reported: a shared 2-core
         # machine drifts by ±15 % between back-to-back blocks (measured, issue 10)
@@ -201,9 +205,8 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
         for strategy, imnn in trainers.items():
             seconds = float(np.median(times[strategy]))
             res[strategy] = dict(seconds_per_iteration=seconds, rounds=times[strategy])
-            sources = _stream_sources(imnn)
-            if sources:
-                wait = sum(s.wait_seconds for s in sources) / (iterations * rounds)
+            if strategy in waited:
+                wait = (imnn.input_wait_seconds - waited[strategy]) / (iterations * rounds)
                 res[strategy]["input_wait_fraction"] = wait / seconds
             if hasattr(imnn, "close"):
                 imnn.close()
@@ -233,17 +236,6 @@ def speed(problem, iterations, modes=("numerical", "gradient"), n_devices=2, rou
         rounds=rounds,
         results=out,
     )
-
-
-def _stream_sources(imnn):
-    from imnn_stream.sources import StreamSource
-
-    strategy = imnn._strategy
-    found = []
-    for data in (strategy.train, strategy.validation):
-        if isinstance(data, dict):
-            found += [s for per in data.values() for s in per if isinstance(s, StreamSource)]
-    return found
 
 
 def memory_child(path, iterations):

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from . import durable, fs
 from .layout import INDEX_NAME, RECORD_COLUMNS, record_entry
 from .schema import record_seed
+from .shard import records_array
 from .framing import FRAMING_BYTES, iter_records, read_upto
 
 COLUMNS = ("split", "kind", "seed", "derivative", "parameter", "file", "record", "offset", "length")
@@ -45,20 +46,19 @@ def build_table(root: str, manifest) -> pa.Table:
     the string columns as dictionary indices into the (split, kind, file) names,
     so no Python object is created per record (millions in a large archive)."""
     names, keys, nums, records = [], [], [], []
-    width = len(RECORD_COLUMNS)
     for split in manifest.layout:
         for kind in manifest.layout[split]:
             for f in manifest.files(split, kind):
                 entries = manifest.record_entries(f["path"])
                 if entries is None:
                     entries = scan_file(fs.join(root, f["path"]))
-                a = np.asarray(entries, np.int64).reshape(-1, width)
+                a = records_array(entries)
                 keys.append(np.full(len(a), len(names), np.int32))
                 names.append((split, kind, f["path"]))
                 nums.append(a)
                 records.append(np.arange(len(a), dtype=np.int64))
     which = pa.array(np.concatenate(keys) if keys else np.zeros(0, np.int32))
-    a = np.concatenate(nums) if nums else np.zeros((0, width), np.int64)
+    a = np.concatenate(nums) if nums else np.zeros((0, len(RECORD_COLUMNS)), np.int64)
     col = dict(zip(RECORD_COLUMNS, a.T))
 
     def strings(j):
